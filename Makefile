@@ -1,0 +1,67 @@
+# diffula: two commands do everything on a fresh machine (see README.md).
+#   make demo   create .venv, install, run the embedded demo (writes out/demo/)
+#   make test   create .venv, install, check export/clean, run notebook tests and pytest
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+OUT ?= out/demo
+
+# Tests and notebooks never wait on a model hub (an unreachable hub otherwise retries for ~20 s).
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export MPLBACKEND := Agg
+
+.PHONY: demo test install nbcheck nbtest pytest clean-venv
+
+install: $(STAMP)
+
+# torch first, chosen by the hardware: with a GPU, pip's default (CUDA) build in the range
+# setup.py asks for; without one, the CPU build 2.13.0 (the local wheel where the machine has one,
+# else the CPU index). An existing torch is never replaced. Then the project, constrained so that pip
+# cannot swap the torch just chosen for another build.
+$(STAMP): setup.py settings.ini
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  echo "keeping installed torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "GPU found: installing a CUDA build of torch"; \
+	  $(BIN)/python -m pip install -q "torch>=2.2,<2.14"; \
+	else \
+	  echo "no GPU: installing the CPU build of torch 2.13.0"; \
+	  $(BIN)/python -m pip install -q --no-index torch==2.13.0 2>/dev/null || \
+	  $(BIN)/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	@# test-only reference for the ADM checkpoint converter; its metadata names an unpinned torch
+	$(BIN)/python -m pip install -q --no-deps guided-diffusion-sdk
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/diffula demo --out $(OUT)
+
+# Notebooks are the source: exporting and cleaning them must not change any tracked file.
+nbcheck: $(STAMP)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  before="$$(git status --porcelain --untracked-files=all -- diffula nbs; git diff -- diffula nbs | sha1sum)"; \
+	  $(BIN)/nbdev_export && $(BIN)/nbdev_clean || exit 1; \
+	  after="$$(git status --porcelain --untracked-files=all -- diffula nbs; git diff -- diffula nbs | sha1sum)"; \
+	  if [ "$$before" != "$$after" ]; then \
+	    echo "FAIL: nbdev_export or nbdev_clean changed files; run them and commit the result:"; \
+	    git status --short -- diffula nbs; exit 1; fi; \
+	  echo "nbdev_export and nbdev_clean leave the tree unchanged"; \
+	else $(BIN)/nbdev_export && $(BIN)/nbdev_clean; fi
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest tests/ -q
+
+test: nbcheck nbtest pytest
+
+clean-venv:
+	rm -rf $(VENV)
