@@ -7,7 +7,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from diffusers import UNet2DModel, DDPMScheduler
-from diffula.prior import DiffusionPrior, load_prior, adm_to_diffusers, adm_config
+from diffula.prior import DiffusionPrior, load_prior, adm_to_diffusers, adm_config, gradient_agreement
 
 
 def tiny_unet(size=8, out_channels=3, seed=0):
@@ -83,6 +83,9 @@ def test_jacobian_free_equals_full_for_identity_eps():
     p = DiffusionPrior(Ident(), DDPMScheduler(num_train_timesteps=1000))
     x0 = torch.randn(2, 3, 4, 4); n = torch.randn(2, 3, 4, 4)
     torch.testing.assert_close(p.grad(x0, 400, n), p.grad(x0, 400, n, jacobian=False), rtol=1e-5, atol=1e-6)
+    cos, ratio = gradient_agreement(p, x0, [10, 500], draws=2)
+    assert cos.shape == (2, 2) and torch.allclose(cos, torch.ones(2, 2), atol=1e-5)
+    assert torch.allclose(ratio, torch.ones(2, 2), atol=1e-5)
 
 
 def test_learned_variance_keeps_eps_half():
@@ -118,12 +121,12 @@ def test_bad_inputs(prior):
 
 def test_denoise_ddpm_and_ddim(prior):
     x = x0_like(prior)
-    a = prior.denoise(x, 30, generator=torch.Generator().manual_seed(1), progress=False)
-    b = prior.denoise(x, 30, generator=torch.Generator().manual_seed(1), progress=False)
-    c = prior.denoise(x, 30, generator=torch.Generator().manual_seed(2), progress=False)
+    a = prior.denoise(x, 10, generator=torch.Generator().manual_seed(1), progress=False)
+    b = prior.denoise(x, 10, generator=torch.Generator().manual_seed(1), progress=False)
+    c = prior.denoise(x, 10, generator=torch.Generator().manual_seed(2), progress=False)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    d1 = prior.denoise(x, 200, method="ddim", steps=10, progress=False)
-    d2 = prior.denoise(x, 200, method="ddim", steps=10, progress=False)
+    d1 = prior.denoise(x, 200, method="ddim", steps=5, progress=False)
+    d2 = prior.denoise(x, 200, method="ddim", steps=5, progress=False)
     assert torch.equal(d1, d2) and torch.isfinite(d1).all()
     # t_start=0 is one final step: x_0 = (x - √(1-ᾱ_0) ε_θ)/√ᾱ_0, clipped to [-1,1] by the scheduler
     z = prior.denoise(x, 0, progress=False)
@@ -204,3 +207,19 @@ def test_adm_bad_state_dict():
     with pytest.raises(ValueError, match="not a guided-diffusion"): adm_to_diffusers({"foo": torch.zeros(1)})
     sd = tiny_adm().state_dict(); sd["extra.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="not converted"): adm_to_diffusers(sd, 16, 16)
+
+
+def test_adm_ffhq256_structure_maps_completely():
+    "The full FFHQ-256 ffhq.pt architecture (Baranchuk et al.) maps key-for-key and shape-for-shape (on the meta device)."
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        m = gd.UNetModel(image_size=256, in_channels=3, model_channels=256, out_channels=6, num_res_blocks=2,
+                         attention_resolutions=(8, 16, 32), channel_mult=(1, 1, 2, 2, 4, 4), num_head_channels=64,
+                         use_scale_shift_norm=True, resblock_updown=True)
+        sd = m.state_dict()
+        conv = adm_to_diffusers(sd)                  # raises on any unconverted tensor or shape mismatch
+    cfg = adm_config(sd)
+    assert cfg["attention_resolutions"] == (32, 16, 8) and cfg["channel_mult"] == (1, 1, 2, 2, 4, 4)
+    assert cfg["learn_sigma"] and cfg["resblock_updown"] and cfg["use_scale_shift_norm"]
+    assert sum(p.numel() for p in conv.parameters()) == sum(v.numel() for v in sd.values())
+    assert conv.config.sample_size == 256 and conv.config.out_channels == 6
