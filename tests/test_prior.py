@@ -117,6 +117,8 @@ def test_bad_inputs(prior):
     with pytest.raises(ValueError, match="shape"): prior.loss(x0, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="method"): prior.denoise(x0, 10, method="euler")
     with pytest.raises(ValueError, match="t_start"): prior.denoise(x0, -1)
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionPrior(tiny_unet(), DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction"))
 
 
 def test_denoise_ddpm_and_ddim(prior):
