@@ -1,0 +1,206 @@
+"""Tests for diffula.attack (Algorithm 1): config validation, augmented batch, the attack loop, Ctrl-C, seeds, bad input."""
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import json
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel, DDPMScheduler
+
+from diffula.attack import (AttackConfig, AttackResult, augmentation, augmented_batch, diffula_attack, resolve_device,
+                            run_demo, _prior_step)
+from diffula.formulation import dlg_net, client_gradient, recover_labels, resnet18
+from diffula.prior import DiffusionPrior, load_prior
+from diffula.data import data_dir
+
+torch.set_num_threads(1)
+
+
+def tiny_prior(channels=3, size=16, seed=0):
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+                       up_block_types=("UpBlock2D",) * 2)
+    return DiffusionPrior(unet, DDPMScheduler(num_train_timesteps=1000))
+
+
+@pytest.fixture(scope="module")
+def case():
+    model = dlg_net(num_classes=2, seed=0, input_size=8)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 8, 8, generator=g), torch.tensor([0, 1, 1, 1])
+    return model, client_gradient(model, x, y), y, tiny_prior()
+
+
+def cfg(**kw):
+    return AttackConfig.smoke(**{**dict(t_star=5), **kw})
+
+
+def test_defaults_are_the_papers():
+    c = AttackConfig()
+    assert (c.steps, c.t_start, c.t_end, c.clip_start, c.clip_end, c.t_star) == (4000, 1000, 500, 1.5, 1.0, 200)
+    assert (c.p_noise, c.p_jitter, c.p_perspective, c.p_blur) == (0.5,) * 4
+    assert c.distance == "cosine" and c.prior_grad == "full" and c.lr > 0
+    assert c.validate() is c
+    assert AttackConfig.cpu_demo().steps < 1000 and AttackConfig.cpu_demo(steps=7).steps == 7
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(steps=2.5), dict(lr=0), dict(lr=-1), dict(p_noise=1.1),
+                                 dict(p_perspective=-0.5), dict(t_start=1001), dict(t_end=0, t_min=1),
+                                 dict(t_start=600, t_end=700), dict(t_star=1000), dict(clip_start=0),
+                                 dict(prior_grad="exact"), dict(distance="l1"), dict(window_end_frac=0),
+                                 dict(snapshot_every=-2), dict(device="tpu"), dict(denoise_method="euler")])
+def test_validate_rejects(bad):
+    with pytest.raises(ValueError, match="AttackConfig"):
+        AttackConfig(**bad).validate()
+
+
+def test_augmented_batch_shape_range_and_gradient():
+    x0 = torch.rand(1, 3, 16, 16) * 2 - 1
+    torch.manual_seed(0)
+    x = x0.clone().requires_grad_(True)
+    a = augmented_batch(x, 5, augmentation(AttackConfig()), 8)
+    assert a.shape == (5, 3, 8, 8)
+    a.pow(2).sum().backward()
+    assert x.grad.abs().sum() > 0
+    ident = augmentation(AttackConfig(p_noise=0, p_jitter=0, p_perspective=0, p_blur=0))
+    b = augmented_batch(x0, 3, ident, 16)
+    assert torch.allclose(b, ((x0 + 1) / 2).expand(3, -1, -1, -1), atol=1e-6)
+    torch.manual_seed(1)
+    always = augmentation(AttackConfig(p_noise=1, p_jitter=1, p_perspective=1, p_blur=1))
+    c = augmented_batch(x0, 3, always, 16)
+    assert not torch.allclose(c[0], c[1])  # each copy gets its own transform
+
+
+def test_attack_runs_and_records(case):
+    model, grads, y, prior = case
+    seen = []
+    r = diffula_attack(grads, model, prior, cfg(), batch_size=4, callbacks=[lambda i, x, rec: seen.append((i, x.shape, rec["tau"]))])
+    assert isinstance(r, AttackResult) and r.steps_done == 4 and not r.interrupted and r.denoised
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and seen[0][1] == (1, 3, 16, 16)
+    h = r.history
+    assert all(len(h[k]) == 4 for k in h)
+    assert h["tau"][0] == 999 and h["zeta"][0] == pytest.approx(1.5) and h["zeta"][-1] == pytest.approx(1.0)
+    want = np.minimum(h["norm_ggm"], np.asarray(h["zeta"]) * np.asarray(h["norm_gp"]))
+    assert np.allclose(h["norm_ggm_clipped"], want, rtol=1e-4)
+    assert r.x_opt.shape == r.x_final.shape == (1, 3, 16, 16)
+    assert 0 <= r.x_final.min() and r.x_final.max() <= 1
+    assert r.at_model_size().shape == (1, 3, 8, 8)
+    assert [s for s, _ in r.snapshots] == [2, 4]
+    assert torch.equal(r.labels, torch.repeat_interleave(torch.arange(2), r.label_counts))
+    assert r.label_counts.sum() == 4
+    assert torch.equal(r.label_counts, recover_labels(grads, model, 4))
+
+
+def test_labels_override_and_missing_batch_size(case):
+    model, grads, y, prior = case
+    r = diffula_attack(grads, model, prior, cfg(steps=1, t_star=None), labels=torch.tensor([1, 1, 0]))
+    assert r.labels.tolist() == [1, 1, 0] and r.label_counts.tolist() == [1, 2] and not r.denoised
+    assert torch.equal(r.x_final, r.x_opt)
+    with pytest.raises(ValueError, match="batch_size"):
+        diffula_attack(grads, model, prior, cfg(steps=1))
+    with pytest.raises(ValueError, match="labels"):
+        diffula_attack(grads, model, prior, cfg(steps=1), labels=torch.tensor([0, 5]))
+
+
+def test_same_seed_same_output_other_seed_differs(case):
+    model, grads, y, prior = case
+    state = torch.get_rng_state()
+    a = diffula_attack(grads, model, prior, cfg(seed=3), batch_size=4)
+    b = diffula_attack(grads, model, prior, cfg(seed=3), batch_size=4)
+    c = diffula_attack(grads, model, prior, cfg(seed=4), batch_size=4)
+    assert torch.equal(a.x_opt, b.x_opt) and torch.equal(a.x_final, b.x_final)
+    assert a.history["grad_distance"] == b.history["grad_distance"]
+    assert not torch.equal(a.x_opt, c.x_opt)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+
+
+def test_keyboard_interrupt_returns_partial(case):
+    model, grads, y, prior = case
+    def stop(i, x, rec):
+        if i == 2: raise KeyboardInterrupt
+    r = diffula_attack(grads, model, prior, cfg(steps=50, snapshot_every=10), batch_size=4, callbacks=[stop])
+    assert r.interrupted and r.steps_done == 3 and len(r.history["step"]) == 3
+    assert not r.denoised and torch.equal(r.x_final, r.x_opt)
+    assert r.snapshots[-1][0] == 3
+    r2 = diffula_attack(grads, model, prior, cfg(steps=50, denoise_on_interrupt=True), batch_size=4, callbacks=[stop])
+    assert r2.interrupted and r2.denoised and not torch.equal(r2.x_final, r2.x_opt)
+
+
+def test_jacobian_free_mode_and_prior_loss(case):
+    model, grads, y, prior = case
+    x0 = torch.rand(1, 3, 16, 16) * 2 - 1
+    n = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    g_full, l_full = _prior_step(prior, x0, 700, n, full=True)
+    g_jf, l_jf = _prior_step(prior, x0, 700, n, full=False)
+    assert l_full == pytest.approx(float(prior.loss(x0, 700, n)), rel=1e-4)
+    assert l_jf == pytest.approx(l_full, rel=1e-3)
+    assert torch.allclose(g_jf, prior.grad(x0, 700, n, jacobian=False))
+    r = diffula_attack(grads, model, prior, cfg(prior_grad="jacobian_free"), batch_size=4)
+    assert r.steps_done == 4 and np.isfinite(r.history["prior_loss"]).all()
+
+
+def test_bad_gradients(case):
+    model, grads, y, prior = case
+    with pytest.raises(ValueError, match="parameters"):
+        diffula_attack(grads[:-1], model, prior, cfg(), batch_size=4)
+    with pytest.raises(ValueError, match="shape"):
+        diffula_attack([g[..., :1] for g in grads], model, prior, cfg(), batch_size=4)
+    with pytest.raises(ValueError, match="NaN"):
+        diffula_attack([g * float("nan") for g in grads], model, prior, cfg(), batch_size=4)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_prior_channels_must_be_rgb(case, channels):
+    model, grads, y, _ = case
+    with pytest.raises(ValueError, match=f"{channels} channels"):
+        diffula_attack(grads, model, tiny_prior(channels), cfg(), batch_size=4)
+
+
+def test_bad_config_is_rejected_by_the_attack(case):
+    model, grads, y, prior = case
+    with pytest.raises(ValueError, match="lr"):
+        diffula_attack(grads, model, prior, cfg(lr=-1.0), batch_size=4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")
+def test_cuda_absent_is_a_clear_error(case):
+    model, grads, y, prior = case
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        diffula_attack(grads, model, prior, cfg(device="cuda"), batch_size=4)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        resolve_device("cuda:0")
+
+
+@pytest.mark.cuda
+def test_cuda_run(case):
+    model, grads, y, prior = case
+    r = diffula_attack(grads, model, prior, cfg(device="cuda"), batch_size=4)
+    assert r.x_final.device.type == "cpu" and r.steps_done == 4
+    assert next(model.parameters()).device.type == "cpu"  # the caller's model is not moved
+
+
+needs_prior = pytest.mark.skipif(not (data_dir() / "synthfaces_prior" / "unet").exists(), reason="shipped prior missing")
+
+
+@needs_prior
+def test_shipped_synthfaces_prior_few_steps():
+    from diffula.synthfaces import SynthFaces
+    u = SynthFaces(1, 4, seed=0, size=32)[0]
+    model = resnet18(input_size=32)
+    grads = client_gradient(model, u.images, u.labels)
+    r = diffula_attack(grads, model, load_prior("synthfaces"), AttackConfig.smoke(steps=3), batch_size=4)
+    assert r.x_final.shape == (1, 3, 32, 32) and r.denoised and r.steps_done == 3
+    assert torch.equal(r.label_counts, torch.bincount(u.labels, minlength=2))
+    assert np.all(np.asarray(r.history["grad_distance"]) <= 2)
+
+
+@needs_prior
+def test_run_demo_writes_files(tmp_path):
+    m = run_demo(user=1, steps=2, out_dir=tmp_path, progress=False, images_per_user=4)
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["steps"] == 2 and saved["batch_size"] == 4 and saved["user"] == "synth0-1"
+    assert set(m["true"]) == {"gender", "race", "age"} and -1 <= m["similarity_to_batch"] <= 1
+    with pytest.raises(ValueError, match="user"):
+        run_demo(user=-1)
