@@ -10,6 +10,14 @@ from diffusers import UNet2DModel, DDPMScheduler
 from diffula.prior import DiffusionPrior, load_prior, adm_to_diffusers, adm_config, gradient_agreement
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "Tiny models on a small shared CPU: one thread avoids OpenMP spin-waiting (restored afterwards)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_unet(size=8, out_channels=3, seed=0):
     torch.manual_seed(seed)
     return UNet2DModel(sample_size=size, in_channels=3, out_channels=out_channels, layers_per_block=1,
