@@ -55,8 +55,9 @@ nbcheck: $(STAMP)
 	  echo "nbdev_export and nbdev_clean leave the tree unchanged"; \
 	else $(BIN)/nbdev_export && $(BIN)/nbdev_clean; fi
 
+# Two notebooks at a time, one torch thread each: on a 2-core machine more threads only contend.
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest tests/ -q
