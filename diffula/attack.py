@@ -51,6 +51,7 @@ class AttackConfig:
     blur_sigma: tuple = (0.1, 1.0)  # range of the blur std in px, kernel 5×5 (not stated)
     prior_grad: str = "full"  # g_p: "full" (through the UNet, Algorithm 1) or "jacobian_free" (SDS-style)
     distance: str = "cosine"  # gradient distance d (Section 2.3.2: cosine)
+    gm_weight: float = 1.0  # λ on d before clipping (Eq. 14 has none: 1); a large λ lets ζ alone set the balance; 0 switches g_gm off
     snapshot_every: int = 250  # keep x0 every this many steps (0: never)
     denoise_on_interrupt: bool = False  # after Ctrl-C, still run the final denoising
     seed: int = 0  # seeds x0, ε, T and the schedules' noise: a CPU run is repeatable
@@ -92,6 +93,7 @@ class AttackConfig:
         if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]: bad(f"blur_sigma must be (lo, hi) with 0 < lo <= hi, got {self.blur_sigma}")
         if self.prior_grad not in ("full", "jacobian_free"): bad(f"prior_grad must be 'full' or 'jacobian_free', got {self.prior_grad!r}")
         if self.distance not in ("cosine", "l2"): bad(f"distance must be 'cosine' or 'l2', got {self.distance!r}")
+        if not (math.isfinite(self.gm_weight) and self.gm_weight >= 0): bad(f"gm_weight must be a finite number >= 0, got {self.gm_weight}")
         if int(self.snapshot_every) != self.snapshot_every or self.snapshot_every < 0: bad(f"snapshot_every must be an integer >= 0, got {self.snapshot_every}")
         if not str(self.device).startswith(("cpu", "cuda")): bad(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self
@@ -242,7 +244,7 @@ def diffula_attack(observed_gradients:Sequence[Tensor], # ∇w, one tensor per m
                     batch = augmented_batch(x, B, transform, size)  # A(x0) (Eq. 7), (B,3,size,size) in [0,1]
                     d = gradient_distance(candidate_gradient(model, batch, labels), observed, c.distance,
                                           layer_weights=window[i], layers=layers)  # d(F(A(x0)), ∇w), windowed
-                    (g_gm,) = torch.autograd.grad(d, x)
+                    (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
                 n_p, n_gm = g_p.norm(), g_gm.norm()
                 scale = torch.clamp(n_gm/(zeta[i]*n_p).clamp_min(1e-30), min=1.0)
                 g_gm = g_gm/scale                                   # g_gm / max(1, ‖g_gm‖ / (ζ ‖g_p‖))
@@ -327,6 +329,8 @@ def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
              progress:bool=True, # show progress bars
              images_per_user:int=8, # B, the client's batch size
              threads:int|None=1, # CPU threads for torch during the run (1 avoids OpenMP contention on a shared 2-core box)
+             image_size:int=32, # the federated model's input size (the paper: 64)
+             **overrides, # any other `AttackConfig` field, e.g. gm_weight=0 for the prior-only control
             )->dict:
     "SynthFaces user → client gradient of a random ResNet-18 (32 px) → DiffULA with the shipped prior → metrics (+ files)."
     import json
@@ -340,12 +344,12 @@ def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
     if threads and str(device).startswith("cpu"): torch.set_num_threads(threads)
     try:
         other = user + 1 + int(np.random.default_rng(seed).integers(0, 10))  # a random other user, for reference
-        users = SynthFaces(other + 1, images_per_user, seed=0, size=32)
+        users = SynthFaces(other + 1, images_per_user, seed=0, size=image_size)
         u, v = users[user], users[other]
-        model = resnet18(num_classes=2, seed=seed, input_size=32)
+        model = resnet18(num_classes=2, seed=seed, input_size=image_size)
         grads = client_gradient(model, u.images, u.labels)            # what the server observes
         prior = load_prior("synthfaces")
-        cfg = AttackConfig.cpu_demo(seed=seed, device=device, progress=progress, **({} if steps is None else dict(steps=steps)))
+        cfg = AttackConfig.cpu_demo(**{**dict(seed=seed, device=device, progress=progress), **({} if steps is None else dict(steps=steps)), **overrides})
         res = diffula_attack(grads, model, prior, cfg, batch_size=len(u))
         ev = Evaluators.load()
         pred_final, pred_opt = ev.predict(res.x_final), ev.predict(res.x_opt)
