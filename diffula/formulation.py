@@ -211,7 +211,7 @@ def model_layers(model:nn.Module, # the federated model
              for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
     size = input_size or getattr(model, "input_size", 64)
     try:
-        with torch.no_grad(): _train_forward(model, torch.rand(2, 3, size, size, device=next(model.parameters()).device))
+        with torch.no_grad(): _train_forward(model, torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device))  # own generator: the caller's RNG is untouched
     finally:
         for h in hooks: h.remove()
     index = {id(p): i for i, p in enumerate(model.parameters())}

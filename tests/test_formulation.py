@@ -128,3 +128,10 @@ def test_single_image_dlg_recovers_face():
     recon, hist = invert_gradient(net, obs, torch.tensor([1]), steps=6, seed=1, progress=False)
     assert hist[-1] < 1e-2 * hist[0]
     assert psnr(recon, private) > psnr(torch.rand_like(private), private) + 3
+
+
+def test_model_layers_leaves_the_global_rng_alone():
+    model = resnet18(num_classes=2, seed=0, input_size=32)
+    torch.manual_seed(123); expected = torch.rand(3)
+    torch.manual_seed(123); model_layers(model); got = torch.rand(3)
+    assert torch.equal(expected, got)
