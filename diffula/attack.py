@@ -50,7 +50,7 @@ class AttackConfig:
     perspective: float = 0.15  # distortion scale of the perspective transform (not stated)
     blur_sigma: tuple = (0.1, 1.0)  # range of the blur std in px, kernel 5×5 (not stated)
     prior_grad: str = "full"  # g_p: "full" (through the UNet, Algorithm 1) or "jacobian_free" (SDS-style)
-    distance: str = "cosine"  # gradient distance d (Section 2.3.2: cosine)
+    distance: str = "cosine"  # gradient distance d (Section 2.3.2: cosine); "layer_cosine" (per-layer mean) or "l2"
     gm_weight: float = 1.0  # λ on d before clipping (Eq. 14 has none: 1); a large λ lets ζ alone set the balance; 0 switches g_gm off
     snapshot_every: int = 250  # keep x0 every this many steps (0: never)
     denoise_on_interrupt: bool = False  # after Ctrl-C, still run the final denoising
@@ -92,7 +92,7 @@ class AttackConfig:
         if not 0 <= self.perspective <= 1: bad(f"perspective must lie in [0, 1], got {self.perspective}")
         if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]: bad(f"blur_sigma must be (lo, hi) with 0 < lo <= hi, got {self.blur_sigma}")
         if self.prior_grad not in ("full", "jacobian_free"): bad(f"prior_grad must be 'full' or 'jacobian_free', got {self.prior_grad!r}")
-        if self.distance not in ("cosine", "l2"): bad(f"distance must be 'cosine' or 'l2', got {self.distance!r}")
+        if self.distance not in ("cosine", "l2", "layer_cosine"): bad(f"distance must be 'cosine', 'layer_cosine' or 'l2', got {self.distance!r}")
         if not (math.isfinite(self.gm_weight) and self.gm_weight >= 0): bad(f"gm_weight must be a finite number >= 0, got {self.gm_weight}")
         if int(self.snapshot_every) != self.snapshot_every or self.snapshot_every < 0: bad(f"snapshot_every must be an integer >= 0, got {self.snapshot_every}")
         if not str(self.device).startswith(("cpu", "cuda")): bad(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
@@ -330,6 +330,7 @@ def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
              images_per_user:int=8, # B, the client's batch size
              threads:int|None=1, # CPU threads for torch during the run (1 avoids OpenMP contention on a shared 2-core box)
              image_size:int=32, # the federated model's input size (the paper: 64)
+             task_label:str="expression", # SynthFaces task label: "expression" (per image) or "identity" (per person)
              **overrides, # any other `AttackConfig` field, e.g. gm_weight=0 for the prior-only control
             )->dict:
     "SynthFaces user → client gradient of a random ResNet-18 (32 px) → DiffULA with the shipped prior → metrics (+ files)."
@@ -344,7 +345,7 @@ def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
     if threads and str(device).startswith("cpu"): torch.set_num_threads(threads)
     try:
         other = user + 1 + int(np.random.default_rng(seed).integers(0, 10))  # a random other user, for reference
-        users = SynthFaces(other + 1, images_per_user, seed=0, size=image_size)
+        users = SynthFaces(other + 1, images_per_user, seed=0, size=image_size, task_label=task_label)
         u, v = users[user], users[other]
         model = resnet18(num_classes=2, seed=seed, input_size=image_size)
         grads = client_gradient(model, u.images, u.labels)            # what the server observes

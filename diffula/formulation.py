@@ -240,7 +240,7 @@ def per_tensor_weights(layers:Sequence[Layer], # from `model_layers`
 # %% ../nbs/00_formulation.ipynb #e807d675
 def gradient_distance(candidate:Sequence[Tensor], # candidate gradient F(x̂) (create_graph=True to differentiate)
                       observed:Sequence[Tensor], # observed ∇w
-                      metric:str="cosine", # "cosine" (Geiping et al. 2020) or "l2" (squared Euclidean, DLG)
+                      metric:str="cosine", # "cosine" (Geiping et al. 2020), "l2" (squared Euclidean, DLG) or "layer_cosine" (mean per-layer cosine distance)
                       layer_weights:Sequence[float]|Tensor|None=None, # per-tensor weights, or per-layer with `layers`
                       layers:Sequence[Layer]|None=None, # from `model_layers`, when `layer_weights` is per layer
                      )->Tensor:
@@ -249,6 +249,7 @@ def gradient_distance(candidate:Sequence[Tensor], # candidate gradient F(x̂) (c
         raise ValueError(f"candidate has {len(candidate)} tensors, observed has {len(observed)}")
     for k, (g, o) in enumerate(zip(candidate, observed)):
         if g.shape != o.shape: raise ValueError(f"tensor {k}: candidate shape {tuple(g.shape)} != observed {tuple(o.shape)}")
+    if metric == "layer_cosine": return _layer_cosine(candidate, observed, layer_weights, layers)
     if layer_weights is None: w = [1.0] * len(candidate)
     else:
         w = per_tensor_weights(layers, layer_weights) if layers is not None else torch.as_tensor(layer_weights, dtype=torch.float32)
@@ -265,7 +266,22 @@ def gradient_distance(candidate:Sequence[Tensor], # candidate gradient F(x̂) (c
         gg = sum(wk * g.pow(2).sum() for wk, g, o in pairs)
         oo = sum(wk * o.pow(2).sum() for wk, g, o in pairs)
         return 1 - dot / (gg.sqrt() * oo.sqrt()).clamp_min(1e-20)
-    raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'l2'")
+    raise ValueError(f"unknown metric {metric!r}; use 'cosine', 'l2' or 'layer_cosine'")
+
+def _layer_cosine(candidate, observed, layer_weights, layers):
+    "Σ_l w_l (1 - cos(g_l, o_l)) / Σ_l w_l over layers (each tensor its own group without `layers`)."
+    groups = [L.params for L in layers] if layers is not None else [[k] for k in range(len(candidate))]
+    w = torch.ones(len(groups)) if layer_weights is None else torch.as_tensor(layer_weights, dtype=torch.float32)
+    if len(w) != len(groups): raise ValueError(f"got {len(w)} weights for {len(groups)} {'layers' if layers is not None else 'tensors'}")
+    if (w < 0).any(): raise ValueError("layer weights must be non-negative")
+    if not (w > 0).any(): raise ValueError("all layer weights are zero")
+    total = 0
+    for wl, idx in zip(w.tolist(), groups):
+        if wl == 0: continue
+        dot = sum((candidate[k] * observed[k]).sum() for k in idx)
+        gg, oo = sum(candidate[k].pow(2).sum() for k in idx), sum(observed[k].pow(2).sum() for k in idx)
+        total = total + wl * (1 - dot / (gg.sqrt() * oo.sqrt()).clamp_min(1e-20))
+    return total / w.sum()
 
 # %% ../nbs/00_formulation.ipynb #143f66a5
 def candidate_gradient(model:nn.Module, # the global model (training mode is used and restored)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from .data import User
 
 # %% auto #0
-__all__ = ['RACE_NAMES', 'GENDER_NAMES', 'AGE_RANGE', 'sample_users', 'sample_nuisance', 'render_faces', 'task_labels',
-           'user_params', 'SynthFaces', 'random_faces']
+__all__ = ['RACE_NAMES', 'GENDER_NAMES', 'AGE_RANGE', 'TASK_LABELS', 'sample_users', 'sample_nuisance', 'render_faces',
+           'task_labels', 'user_params', 'SynthFaces', 'random_faces']
 
 # %% ../nbs/00b_synthfaces.ipynb #e37e7574
 RACE_NAMES = ('light', 'olive', 'brown', 'dark')  # the four skin-tone classes of the race-like attribute
@@ -181,11 +181,16 @@ def render_faces(ident:dict, # identity and private attributes, one row per imag
     return img
 
 # %% ../nbs/00b_synthfaces.ipynb #192db494
+TASK_LABELS = ("expression", "identity")
+
 def task_labels(ident:dict, # identity rows (see `sample_users`)
                 nuis:dict, # nuisance rows (see `sample_nuisance`)
+                kind:str="expression", # "expression": mostly the image's smile; "identity": mostly the person's charm
                )->np.ndarray:
     "Binary task label per image (stand-in for CelebA's Attractive): smile and charm, plus noise."
-    logit = 5*(nuis['smile'] - 0.35) + 0.8*ident['charm']
+    if kind not in TASK_LABELS: raise ValueError(f"task_label must be one of {TASK_LABELS}, got {kind!r}")
+    logit = (5*(nuis['smile'] - 0.35) + 0.8*ident['charm'] if kind == "expression"
+             else 1.5*(nuis['smile'] - 0.35) + 4*ident['charm'])  # identity: a user's images mostly share the label
     return (nuis['label_u'] < 1/(1 + np.exp(-logit))).astype(np.int64)
 
 def user_params(seed:int, # stream seed
@@ -205,16 +210,18 @@ class SynthFaces(list):
                  images_per_user:int, # images per user
                  seed:int=0, # stream seed: user i is the same for any n_users, images_per_user, size
                  size:int=64, # image side in px (<= 64)
+                 task_label:str="expression", # how the task label arises: "expression" (per image) or "identity" (per person)
                 ):
         if n_users < 1 or images_per_user < 1: raise ValueError(f"need n_users >= 1 and images_per_user >= 1, got {n_users}, {images_per_user}")
         if not 1 <= size <= 64: raise ValueError(f"size must be in 1..64 (faces are rendered at 64 px and downsampled), got {size}")
-        self.seed, self.size = seed, size
+        if task_label not in TASK_LABELS: raise ValueError(f"task_label must be one of {TASK_LABELS}, got {task_label!r}")
+        self.seed, self.size, self.task_label = seed, size, task_label
         for i in range(n_users):
             ident, nuis = user_params(seed, i, images_per_user)
             attrs = dict(gender=int(ident['gender'][0]), race=int(ident['race'][0]), age=float(ident['age'][0]),
                          identity=f"synth{seed}-{i}", params={k: v[0] for k, v in ident.items()})
             self.append(User(f"synth{seed}-{i}", render_faces(ident, nuis, size),
-                             torch.as_tensor(task_labels(ident, nuis)), attributes=attrs))
+                             torch.as_tensor(task_labels(ident, nuis, task_label)), attributes=attrs))
 
 # %% ../nbs/00b_synthfaces.ipynb #dd108c36
 def random_faces(n:int, # number of images (each of a fresh user)

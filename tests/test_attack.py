@@ -204,3 +204,11 @@ def test_run_demo_writes_files(tmp_path):
     assert set(m["true"]) == {"gender", "race", "age"} and -1 <= m["similarity_to_batch"] <= 1
     with pytest.raises(ValueError, match="user"):
         run_demo(user=-1)
+
+
+def test_layer_cosine_distance_runs(case):
+    model, grads, y, prior = case
+    r = diffula_attack(grads, model, prior, cfg(steps=2, distance="layer_cosine"), batch_size=4)
+    d = r.series("grad_distance")
+    assert len(d) == 2 and np.all((d >= 0) & (d <= 2))
+    with pytest.raises(ValueError, match="distance"): AttackConfig(distance="manhattan").validate()

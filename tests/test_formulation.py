@@ -135,3 +135,23 @@ def test_model_layers_leaves_the_global_rng_alone():
     torch.manual_seed(123); expected = torch.rand(3)
     torch.manual_seed(123); model_layers(model); got = torch.rand(3)
     assert torch.equal(expected, got)
+
+
+def test_layer_cosine_is_per_layer():
+    model = resnet18(num_classes=2, seed=0, input_size=32)
+    layers = model_layers(model)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 1, 0])
+    obs = client_gradient(model, x, y)
+    other = client_gradient(model, torch.rand(4, 3, 32, 32, generator=g), y)
+    assert gradient_distance(obs, obs, "layer_cosine", layers=layers).item() < 1e-6
+    d = gradient_distance(other, obs, "layer_cosine", layers=layers).item()
+    scaled = [t * 50 if i >= len(obs) - 2 else t for i, t in enumerate(obs)]   # the classifier only
+    assert abs(gradient_distance(other, scaled, "layer_cosine", layers=layers).item() - d) < 1e-5
+    assert abs(gradient_distance(other, scaled).item() - gradient_distance(other, obs).item()) > 1e-3
+    w = torch.zeros(len(layers)); w[3] = 1.0                                  # one layer alone: 1 - its cosine
+    c = torch.nn.functional.cosine_similarity(torch.cat([other[k].flatten() for k in layers[3].params]),
+                                              torch.cat([obs[k].flatten() for k in layers[3].params]), dim=0)
+    assert abs(gradient_distance(other, obs, "layer_cosine", layer_weights=w, layers=layers).item() - (1 - c.item())) < 1e-5
+    with pytest.raises(ValueError, match="weights"):
+        gradient_distance(other, obs, "layer_cosine", layer_weights=torch.ones(3), layers=layers)

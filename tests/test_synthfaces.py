@@ -109,3 +109,12 @@ def test_prior_loader_errors(tmp_path):
     (tmp_path/"unet").mkdir(); (tmp_path/"scheduler").mkdir()
     (tmp_path/"unet"/"config.json").write_text("{}"); (tmp_path/"scheduler"/"scheduler_config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="weight file"): load_synthfaces_prior(tmp_path)
+
+
+def test_identity_task_label_follows_the_person():
+    from diffula.synthfaces import SynthFaces
+    share = lambda us: float(np.mean([max(u.labels.float().mean(), 1 - u.labels.float().mean()) for u in us]))
+    expr, iden = SynthFaces(30, 20, seed=3, size=8), SynthFaces(30, 20, seed=3, size=8, task_label="identity")
+    assert all(torch.equal(a.images, b.images) for a, b in zip(expr, iden))
+    assert share(iden) > share(expr) + 0.15
+    with pytest.raises(ValueError, match="task_label"): SynthFaces(1, 1, task_label="smile")
