@@ -25,12 +25,10 @@ import numpy as np
 
 
 def one(args):
+    "One user's demo (run_demo sets torch to one thread for the run)."
     user, seed, device, overrides = args
-    import torch
-    torch.set_num_threads(1)
     from diffula.attack import run_demo
-    m = run_demo(user=user, seed=seed, device=device, progress=False, **overrides)
-    return m
+    return run_demo(user=user, seed=seed, device=device, progress=False, **overrides)
 
 
 def summary(rows, name):

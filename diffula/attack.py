@@ -333,7 +333,7 @@ def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
              task_label:str="expression", # SynthFaces task label: "expression" (per image) or "identity" (per person)
              **overrides, # any other `AttackConfig` field, e.g. gm_weight=0 for the prior-only control
             )->dict:
-    "SynthFaces user → client gradient of a random ResNet-18 (32 px) → DiffULA with the shipped prior → metrics (+ files)."
+    "SynthFaces user → client gradient of a random ResNet-18 (`image_size` px) → DiffULA with the shipped prior → metrics (+ files)."
     import json
     from pathlib import Path
     from diffula.formulation import resnet18, client_gradient

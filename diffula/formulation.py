@@ -255,32 +255,33 @@ def gradient_distance(candidate:Sequence[Tensor], # candidate gradient F(x̂) (c
         w = per_tensor_weights(layers, layer_weights) if layers is not None else torch.as_tensor(layer_weights, dtype=torch.float32)
         if len(w) != len(candidate): raise ValueError(f"got {len(w)} weights for {len(candidate)} gradient tensors "
                                                       "(pass `layers` for per-layer weights)")
-        if (w < 0).any(): raise ValueError("layer weights must be non-negative")
+        _check_weights(w)
         w = w.tolist()
     pairs = [(wk, g, o) for wk, g, o in zip(w, candidate, observed) if wk != 0]
-    if not pairs: raise ValueError("all layer weights are zero")
     if metric == "l2":
         return sum(wk * (g - o).pow(2).sum() for wk, g, o in pairs)
-    if metric == "cosine":
-        dot = sum(wk * (g * o).sum() for wk, g, o in pairs)
-        gg = sum(wk * g.pow(2).sum() for wk, g, o in pairs)
-        oo = sum(wk * o.pow(2).sum() for wk, g, o in pairs)
-        return 1 - dot / (gg.sqrt() * oo.sqrt()).clamp_min(1e-20)
+    if metric == "cosine": return _cosine_distance(pairs)
     raise ValueError(f"unknown metric {metric!r}; use 'cosine', 'l2' or 'layer_cosine'")
+
+def _check_weights(w:Tensor):
+    if (w < 0).any(): raise ValueError("layer weights must be non-negative")
+    if not (w > 0).any(): raise ValueError("all layer weights are zero")
+
+def _cosine_distance(pairs):
+    "1 - cos between the weighted concatenations of (weight, candidate, observed) tensors."
+    dot = sum(wk * (g * o).sum() for wk, g, o in pairs)
+    gg = sum(wk * g.pow(2).sum() for wk, g, o in pairs)
+    oo = sum(wk * o.pow(2).sum() for wk, g, o in pairs)
+    return 1 - dot / (gg.sqrt() * oo.sqrt()).clamp_min(1e-20)
 
 def _layer_cosine(candidate, observed, layer_weights, layers):
     "Σ_l w_l (1 - cos(g_l, o_l)) / Σ_l w_l over layers (each tensor its own group without `layers`)."
     groups = [L.params for L in layers] if layers is not None else [[k] for k in range(len(candidate))]
     w = torch.ones(len(groups)) if layer_weights is None else torch.as_tensor(layer_weights, dtype=torch.float32)
     if len(w) != len(groups): raise ValueError(f"got {len(w)} weights for {len(groups)} {'layers' if layers is not None else 'tensors'}")
-    if (w < 0).any(): raise ValueError("layer weights must be non-negative")
-    if not (w > 0).any(): raise ValueError("all layer weights are zero")
-    total = 0
-    for wl, idx in zip(w.tolist(), groups):
-        if wl == 0: continue
-        dot = sum((candidate[k] * observed[k]).sum() for k in idx)
-        gg, oo = sum(candidate[k].pow(2).sum() for k in idx), sum(observed[k].pow(2).sum() for k in idx)
-        total = total + wl * (1 - dot / (gg.sqrt() * oo.sqrt()).clamp_min(1e-20))
+    _check_weights(w)
+    total = sum(wl * _cosine_distance([(1.0, candidate[k], observed[k]) for k in idx])
+                for wl, idx in zip(w.tolist(), groups) if wl != 0)
     return total / w.sum()
 
 # %% ../nbs/00_formulation.ipynb #143f66a5
