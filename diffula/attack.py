@@ -15,13 +15,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 import kornia.augmentation as K
 from .formulation import (check_gradients, recover_labels, labels_from_counts, model_layers, gradient_distance,
-                                  candidate_gradient, check_labels)
+                                  candidate_gradient, check_labels, BN_MODES, model_forward)
 from .prior import DiffusionPrior
 from .schedules import time_schedule, clip_schedule, layer_window
 
 # %% auto #0
-__all__ = ['AttackConfig', 'resolve_device', 'augmentation', 'augmented_batch', 'AttackResult', 'diffula_attack', 'plot_progress',
-           'plot_history', 'plot_demo', 'run_demo']
+__all__ = ['AttackConfig', 'resolve_device', 'augmentation', 'augmented_batch', 'augmented_distance', 'AttackResult',
+           'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo', 'run_demo']
 
 # %% ../nbs/03_attack.ipynb #4ce03b23
 @dataclass
@@ -51,7 +51,10 @@ class AttackConfig:
     blur_sigma: tuple = (0.1, 1.0)  # range of the blur std in px, kernel 5×5 (not stated)
     prior_grad: str = "full"  # g_p: "full" (through the UNet, Algorithm 1) or "jacobian_free" (SDS-style)
     distance: str = "cosine"  # gradient distance d (Section 2.3.2: cosine); "layer_cosine" (per-layer mean) or "l2"
-    gm_weight: float = 1.0  # λ on d before clipping (Eq. 14 has none: 1); a large λ lets ζ alone set the balance; 0 switches g_gm off
+    gm_weight: float = 1000.0  # λ on d before clipping (Eq. 14 has none); large enough that the clip binds, so ζ sets the balance; 0: prior-only control
+    bn_mode: str = "eval"  # BatchNorm mode of the threat model, for the client's gradient and the attacker's candidates ("eval" or "train")
+    restarts: int = 1  # independent runs (seeds seed, seed+1, ...); the one whose final image best matches ∇w is returned
+    select_draws: int = 8  # augmentation draws averaged in that selection distance (`augmented_distance`)
     snapshot_every: int = 250  # keep x0 every this many steps (0: never)
     denoise_on_interrupt: bool = False  # after Ctrl-C, still run the final denoising
     seed: int = 0  # seeds x0, ε, T and the schedules' noise: a CPU run is repeatable
@@ -94,6 +97,9 @@ class AttackConfig:
         if self.prior_grad not in ("full", "jacobian_free"): bad(f"prior_grad must be 'full' or 'jacobian_free', got {self.prior_grad!r}")
         if self.distance not in ("cosine", "l2", "layer_cosine"): bad(f"distance must be 'cosine', 'layer_cosine' or 'l2', got {self.distance!r}")
         if not (math.isfinite(self.gm_weight) and self.gm_weight >= 0): bad(f"gm_weight must be a finite number >= 0, got {self.gm_weight}")
+        if self.bn_mode not in BN_MODES: bad(f"bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
+        if int(self.restarts) != self.restarts or self.restarts < 1: bad(f"restarts must be an integer >= 1, got {self.restarts}")
+        if int(self.select_draws) != self.select_draws or self.select_draws < 1: bad(f"select_draws must be an integer >= 1, got {self.select_draws}")
         if int(self.snapshot_every) != self.snapshot_every or self.snapshot_every < 0: bad(f"snapshot_every must be an integer >= 0, got {self.snapshot_every}")
         if not str(self.device).startswith(("cpu", "cuda")): bad(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self
@@ -136,6 +142,29 @@ def augmented_batch(x0:Tensor, # (1,3,R,R) estimate in prior space [-1, 1]
     if x.shape[-1] != size: x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
     return x
 
+# %% ../nbs/03_attack.ipynb #63ddc419
+def augmented_distance(x:Tensor, # (1,3,R,R) candidate image in [0, 1] (any size; resized to the model's input)
+                       observed:Sequence[Tensor], # ∇w
+                       model:nn.Module, # the federated model
+                       labels:Tensor, # (B,) labels of the augmented batch
+                       config:AttackConfig|None=None, # augmentation, distance and BatchNorm mode
+                       draws:int=8, # augmentation draws averaged
+                       seed:int=0, # seed of the draws
+                      )->float:
+    "Mean distance d(F(A(x)), ∇w) over `draws` draws of A, every layer weighted 1: how well x explains the gradient."
+    c = config or AttackConfig()
+    size = getattr(model, "input_size", None) or x.shape[-1]
+    dev = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        tf, ds = augmentation(c), []
+        for _ in range(draws):
+            batch = augmented_batch(x.to(dev)*2 - 1, len(labels), tf, size).detach()
+            loss = F.cross_entropy(model_forward(model, batch, c.bn_mode), labels.to(dev))
+            cand = torch.autograd.grad(loss, list(model.parameters()))
+            ds.append(float(gradient_distance(cand, observed, c.distance)))
+    return float(np.mean(ds))
+
 # %% ../nbs/03_attack.ipynb #24a05657
 _KEYS = ("step", "tau", "zeta", "grad_distance", "prior_loss", "norm_gp", "norm_ggm", "norm_ggm_clipped", "clipped")
 
@@ -174,6 +203,8 @@ class AttackResult:
     interrupted: bool = False  # True when Ctrl-C stopped the optimisation early
     denoised: bool = False  # True when x_final went through the denoising chain
     input_size: int | None = None  # the federated model's input size
+    seed: int | None = None  # the seed of the returned run (config.seed + the chosen restart)
+    restart_distances: list = field(default_factory=list)  # augmented_distance of each restart's final image (restarts > 1)
 
     def at_model_size(self, which:str="final", size:int|None=None)->Tensor:
         "The reconstruction ('final' or 'opt') resized to the federated model's resolution (or `size`)."
@@ -191,6 +222,59 @@ class AttackResult:
         last = f", d={h['grad_distance'][-1]:.3f}" if h["grad_distance"] else ""
         return (f"AttackResult({self.steps_done}/{self.config.steps} steps{', interrupted' if self.interrupted else ''}, "
                 f"B={len(self.labels)}, {self.x_final.shape[-1]}px, denoised={self.denoised}{last}, {self.wall_time:.1f}s)")
+
+# %% ../nbs/03_attack.ipynb #7561e53b
+def _run_once(observed, model, prior, c, labels, layers, seed, callbacks):
+    "One run of Algorithm 1 from `seed`: x0 and every ε from one generator, T's draws from another, so that the "
+    "prior-only control (gm_weight = 0, which skips g_gm) sees exactly the attack's x0 and ε."
+    device, B, size = prior.device, len(labels), getattr(model, "input_size", None) or prior.resolution
+    tau, zeta, window = c.schedules(len(layers), prior.num_train_timesteps)
+    transform, full = augmentation(c), c.prior_grad == "full"
+    history = {k: [] for k in _KEYS}
+    snapshots, interrupted, step = [], False, 0
+    to01 = lambda x: ((x.detach() + 1)/2).clamp(0, 1).cpu()
+    gen = torch.Generator(device).manual_seed(seed)                  # x0 and ε
+    torch.manual_seed(seed + 7919)                                  # T's draws (kornia uses torch's global generator)
+    x0 = torch.randn(1, 3, prior.resolution, prior.resolution, generator=gen, device=device)  # x0 ~ N(0, I), (1,3,R,R)
+    bar = tqdm(range(c.steps), disable=not c.progress, desc="DiffULA" if c.gm_weight else "prior only")
+    try:
+        for i in bar:
+            t = int(tau[i])
+            noise = torch.randn(x0.shape, generator=gen, device=device)     # ε ~ N(0, I)
+            g_p, prior_loss = _prior_step(prior, x0, t, noise, full)        # x_τ = √ᾱ x0 + √(1-ᾱ) ε; g_p (Eq. 13/14)
+            if c.gm_weight > 0:
+                with torch.enable_grad():
+                    x = x0.detach().requires_grad_(True)
+                    batch = augmented_batch(x, B, transform, size)          # A(x0) (Eq. 7), (B,3,size,size) in [0,1]
+                    d = gradient_distance(candidate_gradient(model, batch, labels, c.bn_mode), observed, c.distance,
+                                          layer_weights=window[i], layers=layers)  # d(F(A(x0)), ∇w), windowed
+                    (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
+                d = float(d.detach())
+            else: g_gm, d = torch.zeros_like(x0), float("nan")          # the prior-only control: no gradient at all
+            n_p, n_gm = g_p.norm(), g_gm.norm()
+            scale = torch.clamp(n_gm/(zeta[i]*n_p).clamp_min(1e-30), min=1.0)
+            g_gm = g_gm/scale                                           # g_gm / max(1, ‖g_gm‖ / (ζ ‖g_p‖))
+            x0 = x0 - c.lr*(g_p + g_gm)                                 # gradient descent on Eq. 14
+            rec = dict(step=i, tau=t, zeta=float(zeta[i]), grad_distance=d, prior_loss=prior_loss, norm_gp=float(n_p),
+                       norm_ggm=float(n_gm), norm_ggm_clipped=float(n_gm/scale), clipped=bool(scale > 1))
+            for k in _KEYS: history[k].append(rec[k])
+            step = i + 1
+            if c.snapshot_every and (step % c.snapshot_every == 0 or step == c.steps): snapshots.append((step, to01(x0)))
+            if not torch.isfinite(x0).all() or (c.gm_weight > 0 and not math.isfinite(d)):
+                raise FloatingPointError(f"the attack diverged at step {i} (non-finite values): lower lr (now {c.lr})")
+            for cb in callbacks: cb(i, x0, rec)
+            if c.progress and i % 10 == 0: bar.set_postfix(d=f"{d:.3f}", tau=t)
+    except KeyboardInterrupt:
+        interrupted = True                                              # keep everything up to the last full step
+    finally: bar.close()
+    if interrupted and c.snapshot_every and (not snapshots or snapshots[-1][0] != step): snapshots.append((step, to01(x0)))
+    x_opt, denoised = x0.detach(), False
+    if c.t_star is not None and (not interrupted or c.denoise_on_interrupt):
+        dgen = torch.Generator(device).manual_seed(seed + 104729)       # z of the denoising chain
+        x_fin = prior.denoise(x_opt, c.t_star, method=c.denoise_method, progress=c.progress, generator=dgen)  # x_{t*} ← x0
+        denoised = True
+    else: x_fin = x_opt
+    return to01(x_opt), to01(x_fin), history, snapshots, step, interrupted, denoised
 
 # %% ../nbs/03_attack.ipynb #2fb6cf37
 def diffula_attack(observed_gradients:Sequence[Tensor], # ∇w, one tensor per model parameter
@@ -210,65 +294,34 @@ def diffula_attack(observed_gradients:Sequence[Tensor], # ∇w, one tensor per m
     if next(model.parameters()).device != device: model = copy.deepcopy(model).to(device)
     if prior.device != device: prior = copy.deepcopy(prior).to(device)
     observed = [g.detach().to(device) for g in observed_gradients]
-    size = getattr(model, "input_size", None) or prior.resolution
     num_classes = getattr(model, "num_classes", None)
     if labels is None:                                              # iDLG-style counts from the last-layer bias gradient
         if batch_size is None: raise ValueError("pass batch_size (B of the client's batch) to recover the labels, or labels=")
-        counts = recover_labels(observed, model, int(batch_size))
+        counts = recover_labels(observed, model, int(batch_size), bn_mode=c.bn_mode)
         labels = labels_from_counts(counts)
     else:
         labels = torch.as_tensor(labels)
         check_labels(labels, len(labels), num_classes or int(labels.max()) + 1)
         if batch_size is not None and batch_size != len(labels): raise ValueError(f"batch_size={batch_size} but {len(labels)} labels")
         counts = torch.bincount(labels, minlength=num_classes or 0)
-    labels = labels.to(device); B = len(labels)
-    transform = augmentation(c)
-    full = c.prior_grad == "full"
-    history = {k: [] for k in _KEYS}
-    snapshots, interrupted, step = [], False, 0
-    to01 = lambda x: ((x.detach() + 1)/2).clamp(0, 1).cpu()
+    labels = labels.to(device)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        layers = model_layers(model)                                # traced with a random batch: keep it off the caller's RNG
-        tau, zeta, window = c.schedules(len(layers), prior.num_train_timesteps)
-        torch.manual_seed(c.seed)                                   # x0, ε and T all draw from torch's generator
-        x0 = torch.randn(1, 3, prior.resolution, prior.resolution, device=device)  # x0 ~ N(0, I), (1,3,R,R)
-        bar = tqdm(range(c.steps), disable=not c.progress, desc="DiffULA")
-        try:
-            for i in bar:
-                t = int(tau[i])
-                noise = torch.randn_like(x0)                        # ε ~ N(0, I)
-                g_p, prior_loss = _prior_step(prior, x0, t, noise, full)  # x_τ = √ᾱ x0 + √(1-ᾱ) ε; g_p (Eq. 13/14)
-                with torch.enable_grad():
-                    x = x0.detach().requires_grad_(True)
-                    batch = augmented_batch(x, B, transform, size)  # A(x0) (Eq. 7), (B,3,size,size) in [0,1]
-                    d = gradient_distance(candidate_gradient(model, batch, labels), observed, c.distance,
-                                          layer_weights=window[i], layers=layers)  # d(F(A(x0)), ∇w), windowed
-                    (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
-                n_p, n_gm = g_p.norm(), g_gm.norm()
-                scale = torch.clamp(n_gm/(zeta[i]*n_p).clamp_min(1e-30), min=1.0)
-                g_gm = g_gm/scale                                   # g_gm / max(1, ‖g_gm‖ / (ζ ‖g_p‖))
-                x0 = x0 - c.lr*(g_p + g_gm)                         # gradient descent on Eq. 14
-                rec = dict(step=i, tau=t, zeta=float(zeta[i]), grad_distance=float(d.detach()), prior_loss=prior_loss,
-                           norm_gp=float(n_p), norm_ggm=float(n_gm), norm_ggm_clipped=float(n_gm/scale), clipped=bool(scale > 1))
-                for k in _KEYS: history[k].append(rec[k])
-                step = i + 1
-                if c.snapshot_every and (step % c.snapshot_every == 0 or step == c.steps): snapshots.append((step, to01(x0)))
-                if not math.isfinite(rec["grad_distance"]) or not torch.isfinite(x0).all():
-                    raise FloatingPointError(f"the attack diverged at step {i} (non-finite values): lower lr (now {c.lr})")
-                for cb in callbacks: cb(i, x0, rec)
-                if c.progress and i % 10 == 0: bar.set_postfix(d=f"{rec['grad_distance']:.3f}", tau=t)
-        except KeyboardInterrupt:
-            interrupted = True                                      # keep everything up to the last full step
-        finally: bar.close()
-        if interrupted and c.snapshot_every and (not snapshots or snapshots[-1][0] != step): snapshots.append((step, to01(x0)))
-        x_opt, denoised = x0.detach(), False
-        if c.t_star is not None and (not interrupted or c.denoise_on_interrupt):
-            x_fin = prior.denoise(x_opt, c.t_star, method=c.denoise_method, progress=c.progress)  # x_{t*} ← x0, t*..1
-            denoised = True
-        else: x_fin = x_opt
-    return AttackResult(to01(x_opt), to01(x_fin), labels.cpu(), counts.cpu(), history, snapshots, c,
-                        time.perf_counter() - t0, step, interrupted, denoised, size)
+    runs, scores = [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is untouched
+        layers = model_layers(model)
+        for r in range(c.restarts):
+            run = _run_once(observed, model, prior, c, labels, layers, c.seed + r, callbacks)
+            if run[5] and runs: break                                   # Ctrl-C during a later restart: keep the finished ones
+            runs.append(run)
+            if run[5]: break                                            # Ctrl-C during the first: its partial result
+        if len(runs) > 1:                                               # the attacker's own criterion: no private data
+            scores = [augmented_distance(run[1], observed, model, labels, c, c.select_draws, seed=c.seed) for run in runs]
+    best = int(np.argmin(scores)) if scores else 0
+    x_opt, x_fin, history, snapshots, step, interrupted, denoised = runs[best]
+    size = getattr(model, "input_size", None) or prior.resolution
+    return AttackResult(x_opt, x_fin, labels.cpu(), counts.cpu(), history, snapshots, c, time.perf_counter() - t0, step,
+                        interrupted, denoised, size, seed=c.seed + best, restart_distances=scores)
+
 
 # %% ../nbs/03_attack.ipynb #711d46c6
 def _img(ax, x, title=None):
@@ -348,9 +401,9 @@ def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
         users = SynthFaces(other + 1, images_per_user, seed=0, size=image_size, task_label=task_label)
         u, v = users[user], users[other]
         model = resnet18(num_classes=2, seed=seed, input_size=image_size)
-        grads = client_gradient(model, u.images, u.labels)            # what the server observes
-        prior = load_prior("synthfaces")
         cfg = AttackConfig.cpu_demo(**{**dict(seed=seed, device=device, progress=progress), **({} if steps is None else dict(steps=steps)), **overrides})
+        grads = client_gradient(model, u.images, u.labels, cfg.validate().bn_mode)  # what the server observes
+        prior = load_prior("synthfaces")
         res = diffula_attack(grads, model, prior, cfg, batch_size=len(u))
         ev = Evaluators.load()
         pred_final, pred_opt = ev.predict(res.x_final), ev.predict(res.x_opt)

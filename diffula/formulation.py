@@ -17,10 +17,10 @@ import numpy as np
 from .data import check_images
 
 # %% auto #0
-__all__ = ['BasicBlock', 'ResNet', 'resnet18', 'check_labels', 'client_gradient', 'check_gradients', 'recover_labels',
-           'labels_from_counts', 'smooth_images', 'label_recovery_accuracy', 'Layer', 'model_layers',
-           'per_tensor_weights', 'gradient_distance', 'candidate_gradient', 'DLGNet', 'dlg_net', 'total_variation',
-           'invert_gradient', 'psnr', 'sample_face']
+__all__ = ['BN_MODES', 'BasicBlock', 'ResNet', 'resnet18', 'check_labels', 'check_bn_mode', 'model_forward', 'client_gradient',
+           'check_gradients', 'smooth_images', 'recover_labels', 'labels_from_counts', 'label_recovery_accuracy',
+           'Layer', 'model_layers', 'per_tensor_weights', 'gradient_distance', 'candidate_gradient', 'DLGNet',
+           'dlg_net', 'total_variation', 'invert_gradient', 'psnr', 'sample_face']
 
 # %% ../nbs/00_formulation.ipynb #fe90190c
 class BasicBlock(nn.Module):
@@ -88,12 +88,23 @@ def check_labels(labels:Tensor, n:int, num_classes:int):
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got {labels.min().item()}..{labels.max().item()}")
 
-def _train_forward(model:nn.Module, images:Tensor)->Tensor:
-    "Logits in training mode (batch statistics) on copies of the buffers: the model's running statistics never move."
+BN_MODES = ("eval", "train")
+
+def check_bn_mode(bn_mode:str)->str:
+    "Raise a clear `ValueError` unless `bn_mode` is 'eval' or 'train'."
+    if bn_mode not in BN_MODES: raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+    return bn_mode
+
+def model_forward(model:nn.Module, # the global model
+                  images:Tensor, # (B, 3, H, W) images
+                  bn_mode:str="eval", # "eval": running statistics; "train": batch statistics
+                 )->Tensor: # (B, num_classes) logits
+    "Logits under the threat model's BatchNorm mode; the model's modes and running statistics are left as found."
+    check_bn_mode(bn_mode)
     modes = {m: m.training for m in model.modules()}
-    buffers = {k: v.clone() for k, v in model.named_buffers()}  # BatchNorm updates these copies, not the model's
+    buffers = {k: v.clone() for k, v in model.named_buffers()} if bn_mode == "train" else {}  # train mode updates copies
     try:
-        model.train()
+        model.train(bn_mode == "train")
         return functional_call(model, {**dict(model.named_parameters()), **buffers}, (images,))
     finally:
         for m, training in modes.items(): m.training = training
@@ -101,11 +112,13 @@ def _train_forward(model:nn.Module, images:Tensor)->Tensor:
 def client_gradient(model:ResNet, # the global model (its `input_size` is checked)
                     images:Tensor, # (B, 3, H, W) private images in [0, 1]
                     labels:Tensor, # (B,) int64 labels
+                    bn_mode:str="eval", # BatchNorm mode of the client's forward pass ("eval" or "train")
                    )->list[Tensor]:
     "∇w of the mean cross-entropy over the batch (Eq. 1's F), as a client computes it; the model is left untouched."
+    check_bn_mode(bn_mode)
     check_images(images, getattr(model, "input_size", None))
     check_labels(labels, len(images), getattr(model, "num_classes", labels.max().item() + 1))
-    loss = F.cross_entropy(_train_forward(model, images), labels)  # (1/B) Σ_i L(f_w(x_i), y_i)
+    loss = F.cross_entropy(model_forward(model, images, bn_mode), labels)  # (1/B) Σ_i L(f_w(x_i), y_i)
     return [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
 # %% ../nbs/00_formulation.ipynb #10dd0686
@@ -142,15 +155,23 @@ def _round_counts(est:Tensor, total:int)->Tensor:
     counts[torch.argsort(est - counts, descending=True)[:rest]] += 1
     return counts
 
+def smooth_images(n:int, size:int=64, generator:torch.Generator|None=None)->Tensor:
+    "Random smooth colour images (n, 3, size, size) in [0, 1]: low-frequency noise, for tests and measurements."
+    low = torch.rand(n, 3, 4, 4, generator=generator)
+    mid = torch.rand(n, 3, 16, 16, generator=generator)
+    up = lambda t: F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)
+    return (0.7 * up(low) + 0.3 * up(mid)).clamp(0, 1)
+
 def recover_labels(gradients:Sequence[Tensor], # observed ∇w (model.parameters() order)
                    model:nn.Module, # the global model
                    batch_size:int, # B, the client's batch size
                    dummy_batches:int=2, # dummy batches used to estimate the mean softmax output
                    seed:int=0, # seed of the dummy inputs
                    return_estimate:bool=False, # also return the real-valued count estimate
+                   bn_mode:str="eval", # BatchNorm mode of the client's forward pass
                   ):
     "Per-class label counts (C,) of the private batch, from the last layer's bias gradient (iDLG; Geng et al. 2021)."
-    check_gradients(gradients, model)
+    check_gradients(gradients, model); check_bn_mode(bn_mode)
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     gb = _last_layer_bias(gradients, model)  # (C,) = mean_i (p_ic - y_ic)
     if batch_size == 1:  # iDLG: the only negative entry is the true class
@@ -160,7 +181,7 @@ def recover_labels(gradients:Sequence[Tensor], # observed ∇w (model.parameters
     gen = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     with torch.no_grad():
-        p_bar = torch.stack([F.softmax(_train_forward(model, torch.rand(batch_size, 3, size, size, generator=gen).to(dev)), 1).mean(0)
+        p_bar = torch.stack([F.softmax(model_forward(model, smooth_images(batch_size, size, gen).to(dev), bn_mode), 1).mean(0)
                              for _ in range(dummy_batches)]).mean(0).cpu()  # (C,) estimate of mean_i p_ic
     est = batch_size * (p_bar - gb.cpu())  # n_c = Σ_i p_ic - B ∇b_c
     counts = _round_counts(est, batch_size)
@@ -171,14 +192,7 @@ def labels_from_counts(counts:Tensor)->Tensor:
     return torch.repeat_interleave(torch.arange(len(counts)), counts)
 
 # %% ../nbs/00_formulation.ipynb #da4bf22e
-def smooth_images(n:int, size:int=64, generator:torch.Generator|None=None)->Tensor:
-    "Random smooth colour images (n, 3, size, size) in [0, 1]: low-frequency noise, for tests and measurements."
-    low = torch.rand(n, 3, 4, 4, generator=generator)
-    mid = torch.rand(n, 3, 16, 16, generator=generator)
-    up = lambda t: F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)
-    return (0.7 * up(low) + 0.3 * up(mid)).clamp(0, 1)
-
-def label_recovery_accuracy(n_seeds:int=50, batch_size:int=30, size:int=64, num_classes:int=2)->dict:
+def label_recovery_accuracy(n_seeds:int=50, batch_size:int=30, size:int=64, num_classes:int=2, bn_mode:str="eval")->dict:
     "How often `recover_labels` is exact and within one, over random batches on freshly initialised models."
     errors = []
     for s in range(n_seeds):
@@ -186,7 +200,7 @@ def label_recovery_accuracy(n_seeds:int=50, batch_size:int=30, size:int=64, num_
         g = torch.Generator().manual_seed(10_000 + s)
         xs = smooth_images(batch_size, size, g)
         ys = torch.randint(0, num_classes, (batch_size,), generator=g)
-        counts = recover_labels(client_gradient(m, xs, ys), m, batch_size, seed=s)
+        counts = recover_labels(client_gradient(m, xs, ys, bn_mode), m, batch_size, seed=s, bn_mode=bn_mode)
         errors.append((counts - torch.bincount(ys, minlength=num_classes)).abs().max().item())
     errors = np.array(errors)
     return dict(n=n_seeds, exact=float((errors == 0).mean()), within_one=float((errors <= 1).mean()),
@@ -211,7 +225,7 @@ def model_layers(model:nn.Module, # the federated model
              for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
     size = input_size or getattr(model, "input_size", 64)
     try:
-        with torch.no_grad(): _train_forward(model, torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device))  # own generator: the caller's RNG is untouched
+        with torch.no_grad(): model_forward(model, torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device))  # own generator: the caller's RNG is untouched
     finally:
         for h in hooks: h.remove()
     index = {id(p): i for i, p in enumerate(model.parameters())}
@@ -285,12 +299,13 @@ def _layer_cosine(candidate, observed, layer_weights, layers):
     return total / w.sum()
 
 # %% ../nbs/00_formulation.ipynb #143f66a5
-def candidate_gradient(model:nn.Module, # the global model (training mode is used and restored)
+def candidate_gradient(model:nn.Module, # the global model (its modes and buffers are left as found)
                        images:Tensor, # (B, 3, H, W) candidate images, requires_grad
                        labels:Tensor, # (B,) int64 labels
+                       bn_mode:str="eval", # BatchNorm mode; the attacker uses the client's
                       )->list[Tensor]:
     "F(x̂) of Eq. 1 with `create_graph=True`, so that a distance to ∇w can be differentiated w.r.t. the images."
-    loss = F.cross_entropy(_train_forward(model, images), labels)
+    loss = F.cross_entropy(model_forward(model, images, bn_mode), labels)
     return list(torch.autograd.grad(loss, list(model.parameters()), create_graph=True))
 
 # %% ../nbs/00_formulation.ipynb #727ada90
@@ -329,6 +344,7 @@ def invert_gradient(model:nn.Module, # the global model
                     inner:int=50, # L-BFGS evaluations per step
                     seed:int=0, # seed of the random initial images
                     progress:bool=True, # show a progress bar
+                    bn_mode:str="eval", # BatchNorm mode of the candidates (the client's)
                    )->tuple[Tensor, list[float]]:
     "Solve Eq. 1 (plus Eq. 2's TV prior) for B images; returns the images clamped to [0, 1] and the distance per step."
     from tqdm.auto import tqdm
@@ -338,7 +354,7 @@ def invert_gradient(model:nn.Module, # the global model
     x = torch.rand(len(labels), 3, size, size, generator=g).to(observed[0].device).requires_grad_(True)  # (B, 3, H, W)
     observed = [o.detach() for o in observed]
     def objective():
-        d = gradient_distance(candidate_gradient(model, x, labels), observed, metric)
+        d = gradient_distance(candidate_gradient(model, x, labels, bn_mode), observed, metric)
         return d + tv * total_variation(x) if tv else d
     history = []
     if optimizer == "lbfgs":
