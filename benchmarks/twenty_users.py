@@ -1,18 +1,20 @@
-"""Does the embedded demo leak private attributes? The DiffULA demo over N SynthFaces users, side by side with a
-prior-only control on the same seeds.
+"""Does the demo leak? DiffULA over N SynthFaces users beside its prior-only control, on the same users and seeds.
 
 For each user: the client gradient of a randomly initialised ResNet-18 → `diffula.attack.run_demo` (the exact
-pipeline of `diffula demo`) → the shipped evaluators read gender, race and age off the reconstruction, and the
-identity embedding compares it with the user's own batch and with a random other user's batch. The control runs
-the same pipeline with the gradient-matching term switched off (gm_weight = 0), so whatever it gets right comes
-from the prior and the seed alone, not from the gradient.
+pipeline of `diffula demo`, whatever its settings are) → the shipped evaluators read gender, race and age off the
+reconstruction, and the identity embedding compares it with the user's own batch and with a random other user's
+batch. The control runs the same pipeline with the gradient-matching term switched off (gm_weight = 0): the same x0
+and the same prior noise, so whatever it gets right comes from the prior and the seed alone, not from the gradient.
 
-    python benchmarks/twenty_users.py                       # 20 users, the demo's defaults, 2 processes
-    python benchmarks/twenty_users.py --users 20 --jobs 16  # on a 16-core machine
+    python benchmarks/twenty_users.py                                  # users 0-19, both arms, 2 processes
+    python benchmarks/twenty_users.py --first-user 40 --users 16       # users 40-55 (the users the demo was tuned on)
+    python benchmarks/twenty_users.py --set image_size=64 --set images_per_user=30 --jobs 2 --json out/u64.json
     python benchmarks/twenty_users.py --device cuda --jobs 1
 
 Chance levels: gender 0.5, race 0.25 (4 balanced classes), age: the MAE of always answering the mean true age.
-Prints one row per user, then the summary; `--out` also writes every row as JSON.
+The paired sign test asks, user by user, whether the attack's similarity gap (own batch minus other user) beats the
+control's (one-sided binomial test on the users where they differ). `--json` writes
+{"arms": {"attack": {...}, "control": {...}}, "paired": {...}, "settings": {...}, "rows": {...}}.
 """
 import argparse
 import json
@@ -31,50 +33,80 @@ def one(args):
     return run_demo(user=user, seed=seed, device=device, progress=False, **overrides)
 
 
-def summary(rows, name):
-    g = np.mean([r["gender_correct"] for r in rows]); rc = np.mean([r["race_correct"] for r in rows])
-    ages = np.array([r["true"]["age"] for r in rows]); mae = np.mean([r["age_error"] for r in rows])
+def arm_summary(rows):
+    "The per-arm numbers the issue asks for, from run_demo's metrics dicts."
+    n = len(rows)
     own = np.array([r["similarity_to_batch"] for r in rows]); oth = np.array([r["similarity_to_other_user"] for r in rows])
-    face = np.mean([r["inferred"]["face_prob"] > 0.5 for r in rows])
-    return dict(name=name, n=len(rows), gender_acc=round(g, 3), race_acc=round(rc, 3), age_mae=round(mae, 2),
+    ages = np.array([r["true"]["age"] for r in rows])
+    return dict(n=n, own_gt_other=int((own > oth).sum()), mean_similarity_gap=round(float((own - oth).mean()), 4),
+                mean_similarity_own=round(float(own.mean()), 4), mean_similarity_other=round(float(oth.mean()), 4),
+                gender_acc=round(float(np.mean([r["gender_correct"] for r in rows])), 3),
+                race_acc=round(float(np.mean([r["race_correct"] for r in rows])), 3),
+                age_mae=round(float(np.mean([r["age_error"] for r in rows])), 2),
                 age_mae_chance=round(float(np.abs(ages - ages.mean()).mean()), 2),
-                sim_own=round(float(own.mean()), 3), sim_other=round(float(oth.mean()), 3),
-                own_beats_other=round(float((own > oth).mean()), 3), face_rate=round(float(face), 3),
+                face_rate=round(float(np.mean([r["inferred"]["face_prob"] > 0.5 for r in rows])), 3),
                 s_per_user=round(float(np.mean([r["wall_time_s"] for r in rows])), 1))
+
+
+def sign_test(a, b):
+    "One-sided paired sign test that a > b, ties dropped: (wins, losses, p-value)."
+    from scipy.stats import binomtest
+    a, b = np.asarray(a), np.asarray(b)
+    wins, losses = int((a > b).sum()), int((a < b).sum())
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return dict(wins=wins, losses=losses, ties=int(len(a) - wins - losses), p_value=round(float(p), 5))
+
+
+def paired(att, ctl):
+    "Paired comparisons of the attack with its control, user by user."
+    gap = lambda rows: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rows]
+    score = lambda rows: [int(r["gender_correct"]) + int(r["race_correct"]) - r["age_error"]/10 for r in rows]
+    return dict(similarity_gap=sign_test(gap(att), gap(ctl)),
+                similarity_own=sign_test([r["similarity_to_batch"] for r in att], [r["similarity_to_batch"] for r in ctl]),
+                attributes=sign_test(score(att), score(ctl)))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--users", type=int, default=20, help="number of SynthFaces users, 0..N-1 (default 20)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the model and the attacks (default 0)")
+    ap.add_argument("--users", type=int, default=20, help="number of SynthFaces users (default 20)")
+    ap.add_argument("--first-user", type=int, default=0, help="first user index: users first..first+N-1 (default 0)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the model and the attacks, both arms (default 0)")
     ap.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the demo's)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--jobs", type=int, default=2, help="users run in parallel, one thread each (default 2)")
     ap.add_argument("--no-control", action="store_true", help="skip the prior-only control")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="override a run_demo keyword or AttackConfig field, e.g. --set gm_weight=100 (repeatable)")
-    ap.add_argument("--out", default=None, help="write all rows and summaries to this JSON file")
+                    help="override a run_demo keyword or AttackConfig field, e.g. --set restarts=1 (repeatable)")
+    ap.add_argument("--json", default=None, help="write the arms, the paired tests, the settings and all rows here")
     a = ap.parse_args(argv)
     base = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.steps is not None: base["steps"] = a.steps
-    arms = [("DiffULA", base)] + ([] if a.no_control else [("prior only", {**base, "gm_weight": 0.0})])
+    arms = [("attack", base)] + ([] if a.no_control else [("control", {**base, "gm_weight": 0.0})])
+    users = list(range(a.first_user, a.first_user + a.users))
     results, t0 = {}, time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        futs = {name: pool.map(one, [(u, a.seed, a.device, ov) for u in range(a.users)]) for name, ov in arms}
-        for name, _ in arms:
-            results[name] = list(futs[name])
-    print(f"{a.users} SynthFaces users, seed {a.seed}, overrides {base}, device {a.device}, {time.time() - t0:.0f} s in all\n")
-    print(f"{'user':>10s} {'arm':>10s} {'true g/r/age':>14s} {'inferred g/r/age':>17s} {'sim own':>8s} {'sim other':>9s}")
-    for i in range(a.users):
+        futs = {name: pool.map(one, [(u, a.seed, a.device, ov) for u in users]) for name, ov in arms}
+        for name, _ in arms: results[name] = list(futs[name])
+    wall = time.time() - t0
+    settings = results["attack"][0].get("settings", {})
+    print(f"users {users[0]}-{users[-1]}, seed {a.seed}, overrides {base}, device {a.device}, {wall:.0f} s in all")
+    print(f"settings: {json.dumps(settings)}\n")
+    print(f"{'user':>10s} {'arm':>8s} {'true g/r/age':>14s} {'inferred g/r/age':>17s} {'sim own':>8s} {'sim other':>9s}")
+    for i in range(len(users)):
         for name, _ in arms:
             r = results[name][i]; t, f = r["true"], r["inferred"]
-            print(f"{r['user']:>10s} {name:>10s} {t['gender']:>4d}/{t['race']}/{t['age']:5.1f} {f['gender']:>7d}/{f['race']}/{f['age']:5.1f}"
+            print(f"{r['user']:>10s} {name:>8s} {t['gender']:>4d}/{t['race']}/{t['age']:5.1f} {f['gender']:>7d}/{f['race']}/{f['age']:5.1f}"
                   f" {r['similarity_to_batch']:8.3f} {r['similarity_to_other_user']:9.3f}")
-    sums = [summary(results[name], name) for name, _ in arms]
-    print("\nchance: gender 0.5, race 0.25, age MAE of answering the mean true age (column age_mae_chance)")
-    for s in sums: print(json.dumps(s))
-    if a.out:
-        with open(a.out, "w") as f: json.dump(dict(rows=results, summary=sums, overrides=base, users=a.users, seed=a.seed), f, indent=1)
+    out = dict(arms={name: arm_summary(results[name]) for name, _ in arms}, settings=settings, overrides=base,
+               users=users, seed=a.seed, device=a.device, wall_s=round(wall, 1))
+    if not a.no_control: out["paired"] = paired(results["attack"], results["control"])
+    print("\nchance: gender 0.5, race 0.25, age MAE of answering the mean true age (age_mae_chance)")
+    for name, s in out["arms"].items(): print(f"{name:>8s}: {json.dumps(s)}")
+    if "paired" in out: print(f"  paired (attack > control): {json.dumps(out['paired'])}")
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f: json.dump({**out, "rows": results}, f, indent=1)
+    return out
 
 
 if __name__ == "__main__":

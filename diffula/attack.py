@@ -418,7 +418,10 @@ def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
                        similarity_to_other_user=round(float(ev.similarity(res.x_final, v.images).mean()), 4),
                        other_user_vs_batch=round(float(ev.similarity(v.images, u.images).mean()), 4),
                        labels_true=torch.bincount(u.labels, minlength=2).tolist(), labels_recovered=res.label_counts.tolist(),
-                       interrupted=res.interrupted, device=str(device))
+                       interrupted=res.interrupted, device=str(device),
+                       settings=dict(bn_mode=cfg.bn_mode, gm_weight=cfg.gm_weight, image_size=image_size, batch_size=len(u),
+                                     task_label=task_label, steps=cfg.steps, lr=cfg.lr, prior_grad=cfg.prior_grad,
+                                     restarts=cfg.restarts, seed=seed, prior="synthfaces"))
         if out_dir is not None:
             out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
             fig = plot_demo(u.images, res, true, inferred, RACE_NAMES)
