@@ -68,3 +68,27 @@ test: nbcheck nbtest pytest
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The live explorer (nbs/06_explorer.ipynb) in a real browser: JupyterLab on 127.0.0.1 + headless Chromium driven by
+# Playwright (tests/browser/, which `pytest tests/` skips). Installs Chromium with apt-get when it is missing and the
+# machine allows it (root or passwordless sudo), else says what to install; Playwright via pip (never `playwright
+# install`: it downloads its own browser). Screenshots and timings go to out/browser/.
+.PHONY: browser-test
+browser-test: $(STAMP)
+	@chrome="$${CHROMIUM:-$$(command -v chromium || command -v chromium-browser || true)}"; \
+	if [ -z "$$chrome" ] && command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+	  if [ "$$sudo" != none ]; then \
+	    echo "browser-test: installing Chromium (Debian's chromium package, about a minute)"; \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { $$sudo apt-get update -q >/dev/null && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	    chrome="$$(command -v chromium || true)"; \
+	  fi; \
+	fi; \
+	if [ -z "$$chrome" ]; then \
+	  echo "browser-test: no Chromium. Install it (Debian/Ubuntu: apt-get install -y chromium) or set CHROMIUM=/path/to/chromium"; \
+	  exit 1; fi; \
+	$(BIN)/python -c "import playwright.sync_api" 2>/dev/null || \
+	  $(BIN)/python -m pip install -q -c $(VENV)/constraints.txt playwright pyee || exit 1; \
+	echo "browser-test: $$("$$chrome" --version 2>/dev/null | head -1), playwright $$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("playwright"))')"; \
+	DIFFULA_BROWSER_TEST=1 CHROMIUM="$$chrome" OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/browser -q -s -p no:cacheprovider
