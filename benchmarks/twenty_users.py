@@ -1,9 +1,9 @@
 """Does the demo leak? DiffULA over N SynthFaces users beside its prior-only control, on the same users and seeds.
 
-For each user: the client gradient of a randomly initialised ResNet-18 → `diffula.attack.run_demo` (the exact
-pipeline of `diffula demo`, whatever its settings are) → the shipped evaluators read gender, race and age off the
-reconstruction, and the identity embedding compares it with the user's own batch and with a random other user's
-batch. The control runs the same pipeline with the gradient-matching term switched off (gm_weight = 0): the same x0
+For each user: `diffula.pipeline.run_case(Case.demo(user=u, ...))` — the exact pipeline of `diffula demo`, whatever
+its settings are: the client gradient of a randomly initialised ResNet-18, DiffULA, then the shipped evaluators read
+gender, race and age off the reconstruction, and the identity embedding compares it with the user's own batch and
+with a random other user's batch. The control runs the same pipeline with the gradient-matching term switched off (gm_weight = 0): the same x0
 and the same prior noise, so whatever it gets right comes from the prior and the seed alone, not from the gradient.
 
     python benchmarks/twenty_users.py                                  # users 0-19, both arms, 2 processes
@@ -27,25 +27,29 @@ import numpy as np
 
 
 def one(args):
-    "One user's demo (run_demo sets torch to one thread for the run)."
-    user, seed, device, overrides = args
-    from diffula.attack import run_demo
-    return run_demo(user=user, seed=seed, device=device, progress=False, **overrides)
+    "One user's case (run_case sets torch to one thread for the run); --set keys that are Case fields go to the case."
+    user, seed, device, method, overrides = args
+    from dataclasses import fields
+    from diffula.pipeline import Case, run_case
+    names = {f.name for f in fields(Case)}
+    case_kw = {k: v for k, v in overrides.items() if k in names}
+    config = {k: v for k, v in overrides.items() if k not in names}
+    return run_case(Case.demo(user=user, seed=seed, device=device, method=method, config=config, **case_kw), progress=False)
 
 
 def arm_summary(rows):
-    "The per-arm numbers the issue asks for, from run_demo's metrics dicts."
+    "The per-arm numbers: leak (own batch vs another user), attributes against chance, face rate, time."
     n = len(rows)
     own = np.array([r["similarity_to_batch"] for r in rows]); oth = np.array([r["similarity_to_other_user"] for r in rows])
-    ages = np.array([r["true"]["age"] for r in rows])
+    ages = np.array([r["true"]["age"] for r in rows]); m = [r["metrics"] for r in rows]
     return dict(n=n, own_gt_other=int((own > oth).sum()), mean_similarity_gap=round(float((own - oth).mean()), 4),
                 mean_similarity_own=round(float(own.mean()), 4), mean_similarity_other=round(float(oth.mean()), 4),
-                gender_acc=round(float(np.mean([r["gender_correct"] for r in rows])), 3),
-                race_acc=round(float(np.mean([r["race_correct"] for r in rows])), 3),
-                age_mae=round(float(np.mean([r["age_error"] for r in rows])), 2),
+                gender_acc=round(float(np.mean([x["gender_correct"] for x in m])), 3),
+                race_acc=round(float(np.mean([x["race_correct"] for x in m])), 3),
+                age_mae=round(float(np.mean([x["age_error"] for x in m])), 2),
                 age_mae_chance=round(float(np.abs(ages - ages.mean()).mean()), 2),
-                face_rate=round(float(np.mean([r["inferred"]["face_prob"] > 0.5 for r in rows])), 3),
-                s_per_user=round(float(np.mean([r["wall_time_s"] for r in rows])), 1))
+                face_rate=round(float(np.mean([x["face_rate"] for x in m])), 3),
+                s_per_user=round(float(np.mean([r["timings"]["attack_s"] for r in rows])), 1))
 
 
 def sign_test(a, b):
@@ -60,7 +64,8 @@ def sign_test(a, b):
 def paired(att, ctl):
     "Paired comparisons of the attack with its control, user by user."
     gap = lambda rows: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rows]
-    score = lambda rows: [int(r["gender_correct"]) + int(r["race_correct"]) - r["age_error"]/10 for r in rows]
+    score = lambda rows: [int(r["metrics"]["gender_correct"]) + int(r["metrics"]["race_correct"]) - r["metrics"]["age_error"]/10
+                          for r in rows]
     return dict(similarity_gap=sign_test(gap(att), gap(ctl)),
                 similarity_own=sign_test([r["similarity_to_batch"] for r in att], [r["similarity_to_batch"] for r in ctl]),
                 attributes=sign_test(score(att), score(ctl)))
@@ -76,19 +81,19 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2, help="users run in parallel, one thread each (default 2)")
     ap.add_argument("--no-control", action="store_true", help="skip the prior-only control")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="override a run_demo keyword or AttackConfig field, e.g. --set restarts=1 (repeatable)")
+                    help="override a Case field (image_size, batch_size, task_label, bn_mode, ...) or an AttackConfig field, e.g. --set restarts=2 (repeatable)")
     ap.add_argument("--json", default=None, help="write the arms, the paired tests, the settings and all rows here")
     a = ap.parse_args(argv)
     base = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.steps is not None: base["steps"] = a.steps
-    arms = [("attack", base)] + ([] if a.no_control else [("control", {**base, "gm_weight": 0.0})])
+    arms = [("attack", "diffula")] + ([] if a.no_control else [("control", "control")])
     users = list(range(a.first_user, a.first_user + a.users))
     results, t0 = {}, time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        futs = {name: pool.map(one, [(u, a.seed, a.device, ov) for u in users]) for name, ov in arms}
+        futs = {name: pool.map(one, [(u, a.seed, a.device, method, base) for u in users]) for name, method in arms}
         for name, _ in arms: results[name] = list(futs[name])
     wall = time.time() - t0
-    settings = results["attack"][0].get("settings", {})
+    settings = {k: v for k, v in results["attack"][0]["settings"].items() if k not in ("method", "seed")}
     print(f"users {users[0]}-{users[-1]}, seed {a.seed}, overrides {base}, device {a.device}, {wall:.0f} s in all")
     print(f"settings: {json.dumps(settings)}\n")
     print(f"{'user':>10s} {'arm':>8s} {'true g/r/age':>14s} {'inferred g/r/age':>17s} {'sim own':>8s} {'sim other':>9s}")

@@ -21,7 +21,7 @@ from .schedules import time_schedule, clip_schedule, layer_window
 
 # %% auto #0
 __all__ = ['AttackConfig', 'resolve_device', 'augmentation', 'augmented_batch', 'augmented_distance', 'AttackResult',
-           'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo', 'run_demo']
+           'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo']
 
 # %% ../nbs/03_attack.ipynb #4ce03b23
 @dataclass
@@ -63,8 +63,8 @@ class AttackConfig:
 
     @classmethod
     def cpu_demo(cls, **kw)->AttackConfig:
-        "240 steps (η = 5: fewer, larger steps), Jacobian-free g_p: about a minute on one CPU core at 32 px, B = 8."
-        return cls(**{**dict(steps=240, lr=5.0, snapshot_every=40, prior_grad="jacobian_free"), **kw})
+        "480 steps (η = 2.5: the schedules compressed from 4,000 steps), Jacobian-free g_p: about 2 minutes on one CPU core at 32 px, B = 8."
+        return cls(**{**dict(steps=480, lr=2.5, snapshot_every=80, prior_grad="jacobian_free"), **kw})
 
     @classmethod
     def smoke(cls, **kw)->AttackConfig:
@@ -228,7 +228,7 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks):
     "One run of Algorithm 1 from `seed`: x0 and every ε from one generator, T's draws from another, so that the "
     "prior-only control (gm_weight = 0, which skips g_gm) sees exactly the attack's x0 and ε."
     device, B, size = prior.device, len(labels), getattr(model, "input_size", None) or prior.resolution
-    tau, zeta, window = c.schedules(len(layers), prior.num_train_timesteps)
+    tau, zeta, window = replace(c, seed=seed).schedules(len(layers), prior.num_train_timesteps)  # τ's noise: this run's seed
     transform, full = augmentation(c), c.prior_grad == "full"
     history = {k: [] for k in _KEYS}
     snapshots, interrupted, step = [], False, 0
@@ -368,64 +368,3 @@ def plot_demo(private:Tensor, result:AttackResult, true:dict, inferred:dict, rac
     fig.suptitle(f"inferred: {g(inferred)}, {rn(inferred['race'])}, age {inferred['age']:.0f}   |   "
                  f"true: {g(true)}, {rn(true['race'])}, age {true['age']:.0f}", fontsize=9)
     fig.tight_layout(); return fig
-
-# %% ../nbs/03_attack.ipynb #6488cedc
-def _attrs(pred:dict, i:int=0)->dict:
-    return dict(gender=int(pred["gender"][i]), race=int(pred["race"][i]), age=round(float(pred["age"][i]), 1),
-                face_prob=round(float(pred["face_prob"][i]), 3))
-
-def run_demo(user:int=0, # index of the SynthFaces user (stream seed 0)
-             seed:int=0, # seed of the model initialisation, the attack and the reference user
-             steps:int|None=None, # optimisation steps (default: AttackConfig.cpu_demo's)
-             out_dir:str|None=None, # write demo.png and metrics.json here
-             device:str="cpu", # "cpu" or "cuda"
-             progress:bool=True, # show progress bars
-             images_per_user:int=8, # B, the client's batch size
-             threads:int|None=1, # CPU threads for torch during the run (1 avoids OpenMP contention on a shared 2-core box)
-             image_size:int=32, # the federated model's input size (the paper: 64)
-             task_label:str="expression", # SynthFaces task label: "expression" (per image) or "identity" (per person)
-             **overrides, # any other `AttackConfig` field, e.g. gm_weight=0 for the prior-only control
-            )->dict:
-    "SynthFaces user → client gradient of a random ResNet-18 (`image_size` px) → DiffULA with the shipped prior → metrics (+ files)."
-    import json
-    from pathlib import Path
-    from diffula.formulation import resnet18, client_gradient
-    from diffula.prior import load_prior
-    from diffula.synthfaces import SynthFaces, RACE_NAMES
-    from diffula.synthevals import Evaluators
-    if user < 0: raise ValueError(f"user must be >= 0, got {user}")
-    old = torch.get_num_threads()
-    if threads and str(device).startswith("cpu"): torch.set_num_threads(threads)
-    try:
-        other = user + 1 + int(np.random.default_rng(seed).integers(0, 10))  # a random other user, for reference
-        users = SynthFaces(other + 1, images_per_user, seed=0, size=image_size, task_label=task_label)
-        u, v = users[user], users[other]
-        model = resnet18(num_classes=2, seed=seed, input_size=image_size)
-        cfg = AttackConfig.cpu_demo(**{**dict(seed=seed, device=device, progress=progress), **({} if steps is None else dict(steps=steps)), **overrides})
-        grads = client_gradient(model, u.images, u.labels, cfg.validate().bn_mode)  # what the server observes
-        prior = load_prior("synthfaces")
-        res = diffula_attack(grads, model, prior, cfg, batch_size=len(u))
-        ev = Evaluators.load()
-        pred_final, pred_opt = ev.predict(res.x_final), ev.predict(res.x_opt)
-        true = dict(gender=u.attributes["gender"], race=u.attributes["race"], age=round(u.attributes["age"], 1))
-        inferred = _attrs(pred_final)
-        metrics = dict(user=u.user_id, other_user=v.user_id, batch_size=len(u), steps=res.steps_done,
-                       wall_time_s=round(res.wall_time, 2), s_per_step=round(res.wall_time/max(res.steps_done, 1), 4),
-                       true=true, inferred=inferred, inferred_before_denoising=_attrs(pred_opt),
-                       gender_correct=inferred["gender"] == true["gender"], race_correct=inferred["race"] == true["race"],
-                       age_error=round(abs(inferred["age"] - true["age"]), 1),
-                       similarity_to_batch=round(float(ev.similarity(res.x_final, u.images).mean()), 4),
-                       similarity_to_other_user=round(float(ev.similarity(res.x_final, v.images).mean()), 4),
-                       other_user_vs_batch=round(float(ev.similarity(v.images, u.images).mean()), 4),
-                       labels_true=torch.bincount(u.labels, minlength=2).tolist(), labels_recovered=res.label_counts.tolist(),
-                       interrupted=res.interrupted, device=str(device),
-                       settings=dict(bn_mode=cfg.bn_mode, gm_weight=cfg.gm_weight, image_size=image_size, batch_size=len(u),
-                                     task_label=task_label, steps=cfg.steps, lr=cfg.lr, prior_grad=cfg.prior_grad,
-                                     restarts=cfg.restarts, seed=seed, prior="synthfaces"))
-        if out_dir is not None:
-            out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-            fig = plot_demo(u.images, res, true, inferred, RACE_NAMES)
-            fig.savefig(out/"demo.png", dpi=80); import matplotlib.pyplot as plt; plt.close(fig)
-            (out/"metrics.json").write_text(json.dumps(metrics, indent=2))
-        return metrics
-    finally: torch.set_num_threads(old)

@@ -173,7 +173,9 @@ def load_prior(source:str|os.PathLike, # "synthfaces", a diffusers folder, a hub
         prior = _from_folder(path)
     elif s.endswith((".pt", ".pth", ".ckpt")):
         if not Path(s).is_file(): raise FileNotFoundError(f"no checkpoint at {s}")
-        sd = torch.load(s, map_location="cpu", weights_only=True)
+        try: sd = torch.load(s, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, or not a tensor checkpoint: one clear line, not a traceback
+            raise ValueError(f"{s} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
         unet = adm_to_diffusers(sd, image_size=image_size, num_head_channels=num_head_channels)
         learned = unet.config.out_channels == 2*unet.config.in_channels

@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel, DDPMScheduler
 
-from diffula.attack import (AttackConfig, AttackResult, augmentation, augmented_batch, diffula_attack, resolve_device,
-                            run_demo, _prior_step)
+from diffula.attack import (AttackConfig, AttackResult, augmentation, augmented_batch, augmented_distance, diffula_attack,
+                            resolve_device, _prior_step)
 from diffula.formulation import dlg_net, client_gradient, recover_labels, resnet18
 from diffula.prior import DiffusionPrior, load_prior
 from diffula.data import data_dir
@@ -195,15 +195,36 @@ def test_shipped_synthfaces_prior_few_steps():
     assert np.all(np.asarray(r.history["grad_distance"]) <= 2)
 
 
-@needs_prior
-def test_run_demo_writes_files(tmp_path):
-    m = run_demo(user=1, steps=2, out_dir=tmp_path, progress=False, images_per_user=4)
-    assert (tmp_path / "demo.png").stat().st_size > 1000
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["steps"] == 2 and saved["batch_size"] == 4 and saved["user"] == "synth0-1"
-    assert set(m["true"]) == {"gender", "race", "age"} and -1 <= m["similarity_to_batch"] <= 1
-    with pytest.raises(ValueError, match="user"):
-        run_demo(user=-1)
+def test_control_sees_the_attacks_noise_and_skips_matching(case):
+    model, grads, y, prior = case
+    att = diffula_attack(grads, model, prior, cfg(seed=5, t_star=None), batch_size=4)
+    ctl = diffula_attack(grads, model, prior, cfg(seed=5, t_star=None, gm_weight=0.0), batch_size=4)
+    assert np.isnan(ctl.history["grad_distance"]).all() and all(n == 0 for n in ctl.history["norm_ggm"])
+    assert ctl.history["tau"] == att.history["tau"]
+    # same x0 and ε: the first prior gradients agree exactly, so the first step differs only by g_gm
+    assert ctl.history["norm_gp"][0] == pytest.approx(att.history["norm_gp"][0], rel=1e-6)
+    assert not torch.equal(att.x_opt, ctl.x_opt)
+
+
+def test_restarts_pick_the_smallest_augmented_distance(case):
+    model, grads, y, prior = case
+    r = diffula_attack(grads, model, prior, cfg(seed=2, restarts=3, select_draws=2), batch_size=4)
+    assert len(r.restart_distances) == 3 and r.seed == 2 + int(np.argmin(r.restart_distances))
+    single = diffula_attack(grads, model, prior, cfg(seed=r.seed, restarts=1), batch_size=4)
+    assert torch.equal(single.x_final, r.x_final)      # the chosen restart is exactly the single run of its seed
+    d = augmented_distance(r.x_final, grads, model, r.labels, cfg(), draws=2, seed=2)
+    assert d == pytest.approx(min(r.restart_distances), rel=1e-5)
+
+
+def test_bn_mode_reaches_the_candidates():
+    model = resnet18(input_size=32)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 1, 0])
+    prior = tiny_prior(size=32)
+    runs = {m: diffula_attack(client_gradient(model, x, y, m), model, prior, cfg(bn_mode=m, t_star=None), batch_size=4)
+            for m in ("eval", "train")}
+    assert runs["eval"].history["grad_distance"] != runs["train"].history["grad_distance"]
+    with pytest.raises(ValueError, match="bn_mode"): AttackConfig(bn_mode="batch").validate()
 
 
 def test_layer_cosine_distance_runs(case):

@@ -1,4 +1,4 @@
-"""Tests for the `diffula` command line: options documented, assets checked before any work, clear one-line errors."""
+"""Tests for the `diffula` command line: options documented, assets checked before any work, one-line errors, one schema."""
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
@@ -9,40 +9,61 @@ import time
 import pytest
 import torch
 
-from diffula.cli import build_parser, load_user, main, run_attack
+from diffula.cli import build_parser, main
 from diffula.data import make_celeba_fixture
 
 torch.set_num_threads(1)
+SMOKE = ["--steps", "2", "--t-star", "10", "--set", 'denoise_method="ddim"']
 
 
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit) as e: main(["attack", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--data", "--user", "--batch-size", "--prior", "--steps", "--device", "--out", "--image-size", "--prior-grad"):
+    for opt in ("--data", "--user", "--batch-size", "--prior", "--steps", "--device", "--out", "--image-size", "--prior-grad",
+                "--bn-mode", "--gm-weight", "--restarts", "--method", "--label-kind", "--set"):
         assert opt in out, opt
-    with pytest.raises(SystemExit) as e: main(["demo", "--help"])
-    assert e.value.code == 0 and "--user" in capsys.readouterr().out
+    for cmd, opt in (("demo", "--control"), ("table1", "--executor")):
+        with pytest.raises(SystemExit) as e: main([cmd, "--help"])
+        assert e.value.code == 0 and opt in capsys.readouterr().out
 
 
-def test_defaults_are_the_papers():
+def test_defaults():
     a = build_parser().parse_args(["attack"])
-    assert (a.batch_size, a.steps, a.image_size, a.t_star, a.data) == (30, 4000, 64, 200, "synthfaces")
+    assert (a.batch_size, a.image_size, a.preset, a.data, a.bn_mode) == (30, 64, "paper", "synthfaces", "eval")
+    t = build_parser().parse_args(["table1"])
+    assert (t.batch_size, t.image_size, t.preset, t.users, t.methods) == (8, 32, "cpu", 20, "diffula,control")
 
 
 @pytest.mark.parametrize("argv, needle", [
     (["attack", "--prior", "/nonexistent/ffhq.pt"], "/nonexistent/ffhq.pt"),
     (["attack", "--prior", "google/ddpm-ema-celebahq-256"], "google/ddpm-ema-celebahq-256"),
     (["attack", "--data", "celeba:/nonexistent/celeba", "--steps", "1"], "/nonexistent/celeba"),
-    (["attack", "--data", "imagenet", "--steps", "1"], "--data must be"),
+    (["attack", "--data", "imagenet", "--steps", "1"], "data must be"),
     (["attack", "--steps", "0"], "steps"),
+    (["attack", "--method", "nope"], "unknown method"),
+    (["table1", "--methods", "diffula,nope", "--users", "1"], "unknown method"),
 ])
-def test_missing_assets_fail_fast(argv, needle, tmp_path, capsys):
+def test_bad_input_fails_fast(argv, needle, tmp_path, capsys):
     t0 = time.perf_counter()
-    assert main(argv + ["--out", str(tmp_path)]) == 2
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
-    assert not (tmp_path / "metrics.json").exists()
+    assert time.perf_counter() - t0 < 60 and not list(tmp_path.rglob("metrics.json"))
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "ffhq.pt"; bad.write_bytes(b"this is not a checkpoint")
+    assert main(["attack", "--prior", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and err.count("\n") == 1, err
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"; blocker.write_text("x")
+    t0 = time.perf_counter()
+    assert main(["attack", "--out", str(blocker / "sub")] + SMOKE) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err and time.perf_counter() - t0 < 30
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
@@ -51,26 +72,33 @@ def test_cuda_absent(tmp_path, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_load_user_sources(tmp_path):
-    u = load_user("synthfaces", user=3, batch_size=5, size=32)
-    assert u.images.shape == (5, 3, 32, 32) and u.user_id == "synth0-3" and u.attributes["race"] in range(4)
-    root = make_celeba_fixture(tmp_path / "celeba", {7: 6, 8: 2, 9: 6})
-    u = load_user(f"celeba:{tmp_path / 'celeba'}", user=1, batch_size=4)
-    assert u.user_id == "9" and u.images.shape == (4, 3, 64, 64)   # identity 8 has too few images
-    with pytest.raises(ValueError, match="only 2 users"): load_user(f"celeba:{tmp_path / 'celeba'}", user=2, batch_size=4)
-    (tmp_path / "folder" / "alice").mkdir(parents=True)
-    with pytest.raises(ValueError, match="--data must be"): load_user("folder:")
+def test_demo_attack_and_table1_write_one_schema(tmp_path, capsys):
+    assert main(["demo", "--user", "1", "--steps", "2", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["attack", "--user", "1", "--batch-size", "8", "--image-size", "32", "--preset", "cpu", "--out",
+                 str(tmp_path / "attack")] + SMOKE) == 0
+    assert main(["table1", "--users", "1", "--first-user", "1", "--out", str(tmp_path / "t")] + SMOKE) == 0
+    demo = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    att = json.loads((tmp_path / "attack" / "metrics.json").read_text())
+    tab = [json.loads(p.read_text()) for p in (tmp_path / "t").rglob("metrics.json")]
+    assert len(tab) == 2
+    for other in [att] + tab:
+        assert set(other) == set(demo) and set(other["metrics"]) == set(demo["metrics"])
+        assert set(other["settings"]) == set(demo["settings"]) and set(other["budget"]) >= {"steps", "wall_s"}
+    for key in ("bn_mode", "gm_weight", "image_size", "batch_size", "label_kind"): assert key in demo["settings"]
+    assert {"similarity_to_batch", "similarity_to_other_user"} <= set(demo)
+    assert (tmp_path / "demo" / "reconstruction.png").stat().st_size > 1000
+    assert (tmp_path / "t" / "table1.md").exists() and "leak and budget" in (tmp_path / "t" / "table1.md").read_text()
 
 
-def test_attack_writes_its_files(tmp_path):
-    m = run_attack("synthfaces", user=1, batch_size=4, steps=3, image_size=32, t_star=10, out=tmp_path, progress=False,
-                   prior_grad="jacobian_free")
-    assert {p.name for p in tmp_path.iterdir()} >= {"reconstruction.png", "history.png", "result.pt", "metrics.json"}
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["steps"] == 3 and saved["labels_recovered"] == m["labels_recovered"] and sum(m["labels_true"]) == 4
-    assert set(saved["true"]) == {"gender", "race", "age"} and -1 <= saved["similarity_to_batch"] <= 1
-    r = torch.load(tmp_path / "result.pt", weights_only=False)
-    assert r["x_final"].shape == (1, 3, 32, 32) and len(r["history"]["step"]) == 3
+def test_celeba_users_through_the_cli(tmp_path, capsys):
+    make_celeba_fixture(tmp_path / "celeba", {7: 6, 8: 2, 9: 6})
+    argv = ["attack", "--data", f"celeba:{tmp_path / 'celeba'}", "--batch-size", "4", "--image-size", "32", "--preset", "cpu"]
+    assert main(argv + ["--user", "1", "--out", str(tmp_path / "a")] + SMOKE) == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["user"] == "9" and m["settings"]["data"].startswith("celeba:")   # identity 8 has too few images
+    assert m["metrics"]["truth_source"] == "batch"                            # CelebA's truth: the batch's own reading
+    assert main(argv + ["--user", "2", "--out", str(tmp_path / "b")] + SMOKE) == 2
+    assert "only 2 users" in capsys.readouterr().err
 
 
 def test_console_script_entry_point():
