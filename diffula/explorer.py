@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_explorer.ipynb #45b7fe2f
 from __future__ import annotations
-import argparse, functools, inspect, io, math, shlex, threading, time
+import argparse, functools, inspect, io, json, math, shlex, threading, time
 from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from .formulation import resnet18, client_gradient, model_layers, BN_MODES
 from .synthfaces import user_params, render_faces, task_labels, RACE_NAMES, GENDER_NAMES
 from .prior import load_prior
 from .schedules import plot_schedules
-from .attack import AttackConfig, AttackResult, diffula_attack, run_demo, plot_progress
+from .attack import AttackConfig, AttackResult, diffula_attack
 
 # %% auto #0
 __all__ = ['KNOBS', 'Setting', 'explorer_setting', 'synth_user', 'Knob', 'SchedulePlot', 'attack_command', 'config_snippet',
@@ -32,6 +32,8 @@ class Setting:
     preset: str  # "cpu_demo" (AttackConfig.cpu_demo()) or "paper" (AttackConfig())
     batch_size: int  # B, the private batch size
     image_size: int  # the federated model's input size
+    task_label: str  # SynthFaces task label
+    model_seed: int|None  # seed of the random ResNet-18 (None: the attack's seed, as the CLI did before stage 04a)
     note: str  # what the app says about this setting
 
 @functools.lru_cache(maxsize=1)
@@ -41,27 +43,43 @@ def _cli_attack_parser()->argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices["attack"]
 
+def _case_defaults(paper:bool)->dict:
+    "B, input size, task label and model seed of the project's demo (`paper=False`) or paper case."
+    try: from diffula.pipeline import Case                           # stage 04a: the case presets
+    except ModuleNotFoundError as e:
+        if e.name != "diffula.pipeline": raise
+        Case = None
+    if Case is not None:
+        c = Case.paper() if paper else Case.demo()
+        return dict(batch_size=c.batch_size, image_size=c.image_size, task_label=c.task_label, model_seed=c.model_seed)
+    if paper:                                                       # before stage 04a: the CLI's and run_demo's defaults
+        cli = _cli_attack_parser()
+        return dict(batch_size=cli.get_default("batch_size"), image_size=cli.get_default("image_size"), task_label="expression",
+                    model_seed=None)
+    from diffula import attack
+    demo = inspect.signature(attack.run_demo).parameters
+    return dict(batch_size=demo["images_per_user"].default, image_size=demo["image_size"].default,
+                task_label=demo["task_label"].default, model_seed=None)
+
 def explorer_setting(device:str="cpu", # "cpu" or "cuda[:N]"
                      batch_size:int|None=None, # B (default: the demo's on the CPU, the CLI's elsewhere)
                      image_size:int|None=None, # the model's input size (default: likewise)
                      **overrides, # any AttackConfig field
                     )->Setting:
-    "CPU: `run_demo`'s small case with `AttackConfig.cpu_demo()`; GPU: the CLI's paper case with `AttackConfig()`."
+    "CPU: the demo's small case with `AttackConfig.cpu_demo()`; GPU: the paper's case with `AttackConfig()`."
     device, kw = str(device), {**overrides, "device": str(device), "progress": False}
+    d = _case_defaults(paper=not device.startswith("cpu"))
+    B, R = batch_size or d["batch_size"], image_size or d["image_size"]
     if device.startswith("cpu"):
-        demo = inspect.signature(run_demo).parameters
-        B, R = batch_size or demo["images_per_user"].default, image_size or demo["image_size"].default
         cfg, preset = AttackConfig.cpu_demo(**kw), "cpu_demo"
         note = (f"<b>CPU</b>: the demo's small setting: {R} px model input, B = {B}, {cfg.steps} steps, "
                 f"g<sub>p</sub> {cfg.prior_grad} (<code>AttackConfig.cpu_demo()</code>). On a GPU the explorer runs the "
                 f"paper's case on <code>cuda</code>.")
     else:
-        cli = _cli_attack_parser()
-        B, R = batch_size or cli.get_default("batch_size"), image_size or cli.get_default("image_size")
         cfg, preset = AttackConfig(**kw), "paper"
         note = (f"<b>{device}</b>: the paper's setting: {R} px model input, B = {B}, {cfg.steps} steps, "
                 f"g<sub>p</sub> {cfg.prior_grad} (<code>AttackConfig()</code>).")
-    return Setting(device, cfg, preset, int(B), int(R), note)
+    return Setting(device, cfg, preset, int(B), int(R), d["task_label"], d["model_seed"], note)
 
 # %% ../nbs/06_explorer.ipynb #88050512
 def synth_user(i:int, # user index in the stream
@@ -197,21 +215,30 @@ def attack_command(config:AttackConfig, # the settings
                    batch_size:int=8, # B
                    image_size:int=32, # the model's input size
                    prior:str="synthfaces", # the prior's source
+                   task_label:str="expression", # SynthFaces task label
+                   model_seed:int|None=None, # seed of the random ResNet-18 (None: config.seed)
+                   preset:str="cpu_demo", # the AttackConfig preset the settings start from: "cpu_demo" or "paper"
                    out:str="out/explorer", # output folder
                   )->tuple[str, dict]:
-    "The `diffula attack` command line for `config` on a SynthFaces user, and the fields no flag of it expresses."
+    "The `diffula attack` command line for `config` on a SynthFaces user, and the settings that it cannot express."
     opts, args, missing = _cli_attack_parser()._option_string_actions, [], {}
     def put(flag, v):
-        if flag not in opts: return False
+        if flag not in opts or (opts[flag].choices and v not in opts[flag].choices): return False
         args.extend([flag, _arg(v)]); return True
     for flag, v in (("--data", "synthfaces"), ("--user", user), ("--batch-size", batch_size), ("--image-size", image_size),
                     ("--prior", prior)): put(flag, v)
-    ref = AttackConfig()                                            # what the CLI starts from
+    model_seed = config.seed if model_seed is None else model_seed
+    if not put("--label-kind", task_label) and task_label != "expression": missing["task_label"] = task_label  # (older CLI: SynthFaces' default)
+    if not put("--model-seed", model_seed) and model_seed != config.seed: missing["model_seed"] = model_seed  # (older CLI: --seed seeds both)
+    with_preset = put("--preset", {"cpu_demo": "cpu"}.get(preset, preset))
+    ref = (AttackConfig.cpu_demo() if preset == "cpu_demo" else AttackConfig()) if with_preset else AttackConfig()  # the CLI's start
     for f in fields(AttackConfig):
         if f.name in _NOT_KNOBS: continue
         v = getattr(config, f.name)
         if v is not None and put("--" + f.name.replace("_", "-"), v): continue
-        if v != getattr(ref, f.name): missing[f.name] = v
+        if v == getattr(ref, f.name): continue
+        if "--set" in opts: args.extend(["--set", f"{f.name}={json.dumps(v)}"])
+        else: missing[f.name] = v
     put("--out", out)
     return "diffula attack " + shlex.join(args), missing
 
@@ -265,18 +292,19 @@ class Explorer:
                  prior:str="synthfaces", # anything `load_prior` reads
                  batch_size:int|None=None, # B (default: the setting's)
                  image_size:int|None=None, # the federated model's input size (default: the setting's)
-                 task_label:str="expression", # SynthFaces task label ("expression" or "identity")
+                 task_label:str|None=None, # SynthFaces task label ("expression" or "identity"; default: the setting's)
+                 model_seed:int|None=None, # seed of the random ResNet-18 (default: the setting's)
                  threads:int|None=1, # torch CPU threads during a CPU run (1: no OpenMP contention on a shared machine)
                  stream_every:int|None=None, # stream x0 every this many steps (None: every step, at most 5 frames a second)
                  **overrides, # any AttackConfig field: the sliders' starting values
                 ):
         device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.prior_source, self.task_label, self.threads, self.stream_every = str(prior), task_label, threads, stream_every
-        self._sizes, self._overrides = (batch_size, image_size), overrides
+        self.prior_source, self.threads, self.stream_every = str(prior), threads, stream_every
+        self._sizes, self._overrides, self._task_label, self._model_seed = (batch_size, image_size), overrides, task_label, model_seed
         self.setting = explorer_setting(device, batch_size, image_size, **overrides)
         self._prior_cache, self._model_cache, self._grad_cache, self._user_cache, self._ev = {}, {}, {}, {}, None
         self.T = self._prior(device).num_train_timesteps
-        self.n_layers = len(model_layers(self._model(self.setting.config.seed, self.setting.image_size)))
+        self.n_layers = len(model_layers(self._model(self.model_seed(self.setting.config), self.setting.image_size)))
         self.result: AttackResult|None = None  # the last run's result (partial after Stop)
         self.error: BaseException|None = None  # the last run's error
         self.attributes: dict|None = None  # the last run's inferred and true attributes
@@ -378,6 +406,14 @@ class Explorer:
     def batch_size(self)->int: return self.setting.batch_size
 
     @property
+    def task_label(self)->str: return self._task_label or self.setting.task_label
+
+    def model_seed(self, config:AttackConfig|None=None)->int:
+        "The seed of the federated model: the one given, else the setting's, else (the older CLI's convention) the attack's."
+        s = self._model_seed if self._model_seed is not None else self.setting.model_seed
+        return (config or self.config).seed if s is None else s
+
+    @property
     def image_size(self)->int: return self.setting.image_size
 
     def set(self, **kw)->Explorer:
@@ -394,8 +430,9 @@ class Explorer:
         return self
 
     def _command(self, config:AttackConfig|None=None)->tuple[str, dict]:
-        cmd, m = attack_command(config or self.config, int(self.user.value), self.batch_size, self.image_size, self.prior_source)
-        return cmd, {**m, **({"task_label": self.task_label} if self.task_label != "expression" else {})}
+        c = config or self.config
+        return attack_command(c, int(self.user.value), self.batch_size, self.image_size, self.prior_source, self.task_label,
+                              self.model_seed(c), self.setting.preset)
 
     def command_line(self)->str:
         "The equivalent `diffula attack ...` command (see `missing_flags` for what it cannot say yet)."
@@ -414,7 +451,7 @@ class Explorer:
             "from diffula.prior import load_prior",
             "from diffula.explorer import synth_user",
             f"user = synth_user({u}, {B}, {R}, task_label={self.task_label!r})  # = SynthFaces({u + 1}, {B}, seed=0, size={R})[{u}]",
-            f"model = resnet18(num_classes=2, seed={c.seed}, input_size={R})",
+            f"model = resnet18(num_classes=2, seed={self.model_seed(c)}, input_size={R})",
             f"config = {config_snippet(c, self.setting.preset)}",
             "grads = client_gradient(model, user.images, user.labels, config.bn_mode)  # what the server observes",
             f"result = diffula_attack(grads, model, load_prior({self.prior_source!r}, device=config.device), config, batch_size=len(user))"])
@@ -515,8 +552,8 @@ class Explorer:
     def case(self, config:AttackConfig|None=None, user:int|None=None)->tuple[User, torch.nn.Module, list]:
         "The case a run attacks: the user, the federated model and the gradient the server observes (cached)."
         c = config or self.config
-        u, model = self._user(int(self.user.value) if user is None else user), self._model(c.seed, self.image_size)
-        key = (u.user_id, self.batch_size, self.image_size, self.task_label, c.seed, c.bn_mode)
+        u, model = self._user(int(self.user.value) if user is None else user), self._model(self.model_seed(c), self.image_size)
+        key = (u.user_id, self.batch_size, self.image_size, self.task_label, self.model_seed(c), c.bn_mode)
         if key not in self._grad_cache: self._grad_cache = {key: client_gradient(model, u.images, u.labels, c.bn_mode)}
         return u, model, self._grad_cache[key]
 
@@ -646,7 +683,7 @@ def explore(user:int=0, # SynthFaces user index
             device:str|None=None, # "cpu" or "cuda[:N]" (default: "cuda" when available)
             prior:str="synthfaces", # anything `load_prior` reads
             display:bool=True, # show the app (in Jupyter)
-            **kwargs, # `Explorer` options (batch_size, image_size, task_label, threads, stream_every) and AttackConfig fields
+            **kwargs, # `Explorer` options (batch_size, image_size, task_label, model_seed, threads, stream_every) and AttackConfig fields
            )->Explorer:
     "Open the live explorer; returns the app: `app.config` (the settings), `app.result` (the last run), `app.run()`, `app.stop()`."
     app = Explorer(user, device, prior, **kwargs)

@@ -1,5 +1,5 @@
 "Tests for diffula.explorer: the widget logic without a browser (values set, buttons clicked as a browser would)."
-import re, shlex, time
+import json, re, shlex, time
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -75,7 +75,8 @@ def test_command_line_and_snippet(app):
     assert (ns.command, ns.user, ns.steps, ns.prior_grad, ns.batch_size, ns.image_size) == ("attack", 1, 120, "full", 8, 32)
     assert ns.lr == app.config.lr
     missing = app.missing_flags()
-    assert missing["clip_end"] == 0.8 and missing["t_star"] is None and "steps" not in missing
+    said = lambda k, v: missing.get(k, ...) == v or f"--set {k}={json.dumps(v)}" in cmd   # listed, or passed by --set
+    assert said("clip_end", 0.8) and said("t_star", None) and "steps" not in missing
     assert "clip_end=0.8" in app.command_html.value
     snippet = config_snippet(app.config, "cpu_demo")
     assert snippet.startswith("AttackConfig.cpu_demo(") and eval(snippet) == replace(app.config, progress=True)
@@ -89,8 +90,23 @@ def test_attack_command_uses_only_existing_flags():
     flags = set(re.findall(r"--[a-z-]+", cmd))
     known = {s for a in build_parser()._subparsers._group_actions[0].choices["attack"]._actions for s in a.option_strings}
     assert flags <= known
-    assert missing.get("window_alpha") == 0.9
+    assert missing.get("window_alpha") == 0.9 or "--set window_alpha=0.9" in cmd
     assert ("--bn-mode" in known) == ("bn_mode" not in missing)             # a flag added to the CLI is used at once
+    assert ("--set" in known) == (missing == {})                            # --set expresses every other knob
+
+
+def test_the_cli_rebuilds_the_same_case_and_config(app):
+    import diffula.cli as cli
+    if not hasattr(cli, "case_from_args"): pytest.skip("this CLI builds its config inside run_attack (before the case runner)")
+    from diffula.pipeline import diffula_config
+    app.set(clip_start=1.9, window_deep=0.5, gm_weight=300.0, bn_mode="train", steps=100, t_star=None)
+    a = build_parser().parse_args(shlex.split(app.command_line())[1:])
+    case = cli.case_from_args(a, user=a.user)
+    c = app.config
+    assert (case.user, case.batch_size, case.image_size, case.task_label, case.model_seed, case.bn_mode) == \
+           (1, app.batch_size, app.image_size, app.task_label, app.model_seed(), "train")
+    assert replace(diffula_config(case), progress=False, snapshot_every=c.snapshot_every) == c   # exactly the app's config
+    app.set(**{k: getattr(app.setting.config, k) for k in ("clip_start", "window_deep", "gm_weight", "bn_mode", "steps", "t_star")})
 
 
 def test_synth_user_is_the_synthfaces_user():
