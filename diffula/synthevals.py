@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
-from .data import data_dir, check_images
+from .data import data_dir, check_images, resize, to_signed, to_unit
 from .synthfaces import sample_users, sample_nuisance, render_faces, SynthFaces, RACE_NAMES, _SKIN
 
 # %% auto #0
@@ -45,8 +45,9 @@ def to_eval_size(x:torch.Tensor, # (N,3,H,W) images in [0,1]
                 )->torch.Tensor:
     "Resize images to the evaluators' 32×32 (area when downsampling by an integer factor, else antialiased bilinear)."
     if x.shape[-1] == EVAL_SIZE and x.shape[-2] == EVAL_SIZE: return x
-    if x.shape[-1] % EVAL_SIZE == 0 and x.shape[-1] == x.shape[-2]: return F.interpolate(x, size=(EVAL_SIZE, EVAL_SIZE), mode="area")
-    return F.interpolate(x, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    if x.shape[-1] % EVAL_SIZE == 0 and x.shape[-1] == x.shape[-2]:
+        return F.interpolate(x, size=(EVAL_SIZE, EVAL_SIZE), mode="area")  # (N, 3, 32, 32)
+    return resize(x, EVAL_SIZE)
 
 # %% ../nbs/00b1_synthevals.ipynb #1d176b7b
 NONFACE_KINDS = ("background", "noise", "scrambled", "partial", "blobs", "static", "noised")
@@ -65,7 +66,8 @@ def non_faces(n:int, # number of images
     for i in np.nonzero(kind == 1)[0]:
         r = int(rng.integers(2, 9))
         z = torch.as_tensor(rng.normal(0, 1, (1, 3, r, r)), dtype=torch.float32)
-        out[i] = torch.sigmoid(1.5*F.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)[0] + torch.as_tensor(rng.normal(0, 0.7, (3, 1, 1)), dtype=torch.float32))
+        tint = torch.as_tensor(rng.normal(0, 0.7, (3, 1, 1)), dtype=torch.float32)
+        out[i] = torch.sigmoid(1.5*F.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)[0] + tint)
     for i in np.nonzero(kind == 2)[0]:
         g = int(rng.choice([2, 4, 8])); p = size//g
         perm = rng.permutation(g*g)
@@ -74,7 +76,7 @@ def non_faces(n:int, # number of images
         out[i] = tiles.reshape(3, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(3, size, size)
     for i in np.nonzero(kind == 3)[0]:
         c = int(rng.integers(size*3//8, size//2 + 1)); y0, x0 = [int(rng.choice([0, size - c])) for _ in range(2)]
-        out[i] = F.interpolate(faces[i:i+1, :, y0:y0+c, x0:x0+c], size=(size, size), mode="bilinear", align_corners=False)[0]
+        out[i] = resize(faces[i, :, y0:y0+c, x0:x0+c], size)  # a corner, blown up
     bl = np.nonzero(kind == 4)[0]
     if len(bl):
         nb = dict(nuis); nb['dx'] = np.full(n, 3.0)
@@ -84,22 +86,27 @@ def non_faces(n:int, # number of images
         for j, i in enumerate(bl):
             img = bg[j]
             for _ in range(int(rng.integers(1, 4))):
-                cx, cy, ax, ay = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), rng.uniform(0.15, 0.6), rng.uniform(0.15, 0.7)
+                cx, cy = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6)
+                ax, ay = rng.uniform(0.15, 0.6), rng.uniform(0.15, 0.7)
                 m = torch.sigmoid(-(torch.sqrt(((X - cx)/ax)**2 + ((Y - cy)/ay)**2) - 1)*min(ax, ay)/0.04)
-                col = torch.as_tensor(np.clip(_SKIN[rng.integers(0, 4)] + rng.normal(0, 0.1, 3), 0, 1), dtype=torch.float32)[:, None, None]
+                col = np.clip(_SKIN[rng.integers(0, 4)] + rng.normal(0, 0.1, 3), 0, 1)
+                col = torch.as_tensor(col, dtype=torch.float32)[:, None, None]
                 img = img + m*(col - img)
             out[i] = img
     for i in np.nonzero(kind == 5)[0]:  # multi-scale coloured noise (what an untrained DDPM draws)
-        z = sum(float(rng.uniform(0, 1))*F.interpolate(torch.as_tensor(rng.normal(0, 1, (1, 3, r, r)), dtype=torch.float32), size=(size, size), mode="bilinear", align_corners=False)
-                for r in (4, 8, 16, size))
-        out[i] = gaussian_blur(torch.sigmoid(z + torch.as_tensor(rng.normal(0, 0.5, (1, 3, 1, 1)), dtype=torch.float32)), float(rng.uniform(0.01, 1.0)))[0]
+        gauss = lambda r: torch.as_tensor(rng.normal(0, 1, (1, 3, r, r)), dtype=torch.float32)
+        z = sum(float(rng.uniform(0, 1))*resize(gauss(r), size) for r in (4, 8, 16, size))
+        tint = torch.as_tensor(rng.normal(0, 0.5, (1, 3, 1, 1)), dtype=torch.float32)
+        out[i] = gaussian_blur(torch.sigmoid(z + tint), float(rng.uniform(0.01, 1.0)))[0]
     for i in np.nonzero(kind == 6)[0]:  # a face under heavy diffusion noise: sqrt(a) x0 + sqrt(1-a) eps, a <= 0.25
         a = float(rng.uniform(0.01, 0.25))
-        out[i] = ((a**0.5*(faces[i]*2 - 1) + (1 - a)**0.5*torch.as_tensor(rng.normal(0, 1, faces[i].shape), dtype=torch.float32)) + 1)/2
+        eps = torch.as_tensor(rng.normal(0, 1, faces[i].shape), dtype=torch.float32)
+        out[i] = to_unit(a**0.5*to_signed(faces[i]) + (1 - a)**0.5*eps)
     return out.clamp(0, 1), kind
 
 # %% ../nbs/00b1_synthevals.ipynb #2e08a907
-def _block(ci, co): return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
+def _block(ci, co):
+    return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
 
 class _Backbone(nn.Sequential):
     def __init__(self, w=32):
@@ -116,16 +123,17 @@ class AttrNet(nn.Module):
                 ):
         super().__init__()
         self.body = _Backbone(w)
-        self.gender, self.race, self.age, self.emb = nn.Linear(128, 1), nn.Linear(128, len(RACE_NAMES)), nn.Linear(128, 1), nn.Linear(128, emb)
+        self.gender, self.race = nn.Linear(128, 1), nn.Linear(128, len(RACE_NAMES))
+        self.age, self.emb = nn.Linear(128, 1), nn.Linear(128, emb)
     def forward(self, x):  # x: (N,3,32,32) in [0,1]
-        h = self.body(x*2 - 1)
+        h = self.body(to_signed(x))
         return self.gender(h)[:, 0], self.race(h), 45 + 25*self.age(h)[:, 0], F.normalize(self.emb(h), dim=1)
 
 class FaceNet(nn.Module):
     "Face / no-face logit from 32×32 images."
     def __init__(self, w:int=16):
         super().__init__(); self.body = _Backbone(w); self.out = nn.Linear(128, 1)
-    def forward(self, x): return self.out(self.body(x*2 - 1))[:, 0]
+    def forward(self, x): return self.out(self.body(to_signed(x)))[:, 0]
 
 # %% ../nbs/00b1_synthevals.ipynb #ed316bd1
 def _user_batch(rng, n_users, per_user, size=EVAL_SIZE):
@@ -135,9 +143,12 @@ def _user_batch(rng, n_users, per_user, size=EVAL_SIZE):
 def _augment(x, rng):
     n = len(x)
     sb = np.where(rng.random(n) < 0.3, rng.uniform(0.3, 1.3, n), 0.0)
-    if (sb > 0).any(): x = torch.where(torch.as_tensor(sb > 0)[:, None, None, None], gaussian_blur(x, torch.as_tensor(np.maximum(sb, 1e-3), dtype=torch.float32)), x)
+    if (sb > 0).any():
+        blurred = gaussian_blur(x, torch.as_tensor(np.maximum(sb, 1e-3), dtype=torch.float32))
+        x = torch.where(torch.as_tensor(sb > 0)[:, None, None, None], blurred, x)
     sn = np.where(rng.random(n) < 0.3, rng.uniform(0, 0.12, n), 0.0)
-    x = (x + torch.as_tensor(sn, dtype=torch.float32)[:, None, None, None]*torch.as_tensor(rng.normal(0, 1, x.shape), dtype=torch.float32)).clamp(0, 1)
+    noise = torch.as_tensor(rng.normal(0, 1, x.shape), dtype=torch.float32)
+    x = (x + torch.as_tensor(sn, dtype=torch.float32)[:, None, None, None]*noise).clamp(0, 1)
     return torch.where(torch.as_tensor(rng.random(n) < 0.5)[:, None, None, None], x.flip(-1), x)
 
 def _supcon(z, ids, tau=0.1):
@@ -150,7 +161,7 @@ def _supcon(z, ids, tau=0.1):
 EVAL_WEIGHTS = "synthfaces_evaluators.safetensors"  # file under data_dir(); metrics in the .json beside it
 
 class Evaluators(nn.Module):
-    "SynthFaces stand-ins for DeepFace/MTCNN: attributes, identity embedding and face check on any-size images in [0,1]."
+    "Stand-ins for DeepFace/MTCNN: attributes, identity embedding and face check on any-size images in [0,1]."
     def __init__(self):
         super().__init__(); self.attr, self.face = AttrNet(), FaceNet(); self.eval()
 
@@ -161,7 +172,8 @@ class Evaluators(nn.Module):
         path = Path(path) if path is not None else data_dir()/EVAL_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"SynthFaces evaluator weights not found: {path}. Regenerate them with "
-                                    "`diffula.synthevals.train_evaluators().save()` (the #| slow cell of nbs/00b1_synthevals.ipynb).")
+                                    "`diffula.synthevals.train_evaluators().save()` "
+                                    "(the #| slow cell of nbs/00b1_synthevals.ipynb).")
         ev = cls(); ev.load_state_dict(load_file(str(path))); return ev.eval()
 
     def save(self, path:str|Path|None=None)->Path:
@@ -200,7 +212,7 @@ def train_evaluators(steps:int=500, # AttrNet steps (16 users x 4 images each)
                      seed:int=0, # seed of the training streams and init
                      lr:float=2e-3, # Adam learning rate (cosine-decayed)
                      log=print, # progress callback (None: silent)
-                     nets:tuple=("attr", "face"), # which networks to train (the others keep their initial / given weights)
+                     nets:tuple=("attr", "face"), # which networks to train (the others keep their weights)
                      ev:Evaluators|None=None, # start from these evaluators (default: a fresh seeded init)
                     )->Evaluators:
     "Train the SynthFaces evaluators on freshly rendered users."
@@ -215,14 +227,17 @@ def train_evaluators(steps:int=500, # AttrNet steps (16 users x 4 images each)
                 x, idn = _user_batch(rng, 16, 4); x = _augment(x, rng)
                 g, r, a, z = net(x)
                 loss = (F.binary_cross_entropy_with_logits(g, torch.as_tensor(idn['gender'], dtype=torch.float32))
-                        + F.cross_entropy(r, torch.as_tensor(idn['race'])) + F.smooth_l1_loss((a - torch.as_tensor(idn['age'], dtype=torch.float32))/5, torch.zeros_like(a))
+                        + F.cross_entropy(r, torch.as_tensor(idn['race']))
+                        + F.smooth_l1_loss((a - torch.as_tensor(idn['age'], dtype=torch.float32))/5,
+                                           torch.zeros_like(a))
                         + _supcon(z, torch.arange(16).repeat_interleave(4)))
             else:
                 xf, _ = _user_batch(rng, 32, 1); xn, _ = non_faces(32, rng)
                 x = _augment(torch.cat([xf, xn]), rng)
                 loss = F.binary_cross_entropy_with_logits(net(x), torch.cat([torch.ones(32), torch.zeros(32)]))
             opt.zero_grad(); loss.backward(); opt.step(); sch.step()
-            if log and (k + 1) % 50 == 0: log(f"{kind} step {k+1}/{n_steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+            if log and (k + 1) % 50 == 0:
+                log(f"{kind} step {k+1}/{n_steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
         net.eval()
     ev.train_seconds = time.time() - t0
     return ev.eval()
@@ -242,17 +257,21 @@ def evaluate_evaluators(ev:Evaluators, # evaluators to score
     a = torch.tensor([u.attributes['age'] for u in users]).repeat_interleave(images_per_user).float()
     ids = torch.arange(n_users).repeat_interleave(images_per_user)
     xn, _ = non_faces(len(x), np.random.default_rng([seed, 5]))
-    conds = {"clean": lambda z: z, "noise0.1": lambda z: add_noise(z, 0.1, seed), "blur1px": lambda z: gaussian_blur(z, 1.0)}
+    conds = {"clean": lambda z: z, "noise0.1": lambda z: add_noise(z, 0.1, seed),
+             "blur1px": lambda z: gaussian_blur(z, 1.0)}
     out = {}
     for name, f in conds.items():
         xi = f(x); p = ev.predict(xi); e = ev.embed(xi); S = e @ e.T
-        eye = torch.eye(len(x), dtype=torch.bool); same = (ids[:, None] == ids[None]) & ~eye; diff = ids[:, None] != ids[None]
+        eye = torch.eye(len(x), dtype=torch.bool)
+        same, diff = (ids[:, None] == ids[None]) & ~eye, ids[:, None] != ids[None]
         sp, sn = S[same].numpy(), S[diff].numpy()
         rk = rankdata(np.concatenate([sp, sn]))[:len(sp)]
         auc = (rk.sum() - len(sp)*(len(sp) + 1)/2)/(len(sp)*len(sn))
         nn_ = S.masked_fill(eye, -2).argmax(1)
-        out[name] = dict(gender_acc=(p['gender'] == g).float().mean().item(), race_acc=(p['race'] == r).float().mean().item(),
-                         age_mae=(p['age'] - a).abs().mean().item(), sim_same=float(sp.mean()), sim_diff=float(sn.mean()),
+        out[name] = dict(gender_acc=(p['gender'] == g).float().mean().item(),
+                         race_acc=(p['race'] == r).float().mean().item(),
+                         age_mae=(p['age'] - a).abs().mean().item(), sim_same=float(sp.mean()),
+                         sim_diff=float(sn.mean()),
                          verif_auc=float(auc), top1_id=(ids[nn_] == ids).float().mean().item(),
                          face_tpr=(p['face_prob'] > 0.5).float().mean().item(),
                          nonface_tnr=(ev.predict(f(xn))['face_prob'] < 0.5).float().mean().item())

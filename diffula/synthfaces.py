@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .data import User
+from .data import User, resize
 
 # %% auto #0
 __all__ = ['RACE_NAMES', 'GENDER_NAMES', 'AGE_RANGE', 'TASK_LABELS', 'sample_users', 'sample_nuisance', 'render_faces',
@@ -20,7 +20,7 @@ GENDER_NAMES = ('female-like', 'male-like')
 AGE_RANGE = (20.0, 70.0)
 _SKIN = np.array([[0.96, 0.80, 0.69], [0.88, 0.72, 0.50], [0.66, 0.44, 0.29], [0.36, 0.23, 0.15]])
 _HAIR = np.array([[0.07, 0.05, 0.04], [0.28, 0.17, 0.09], [0.52, 0.35, 0.18], [0.86, 0.72, 0.42], [0.58, 0.22, 0.08]])
-_HAIR_P = np.array([[.2, .25, .2, .2, .15], [.7, .25, .05, 0, 0], [.6, .35, .05, 0, 0], [.85, .15, 0, 0, 0]])  # per race
+_HAIR_P = np.array([[.2, .25, .2, .2, .15], [.7, .25, .05, 0, 0], [.6, .35, .05, 0, 0], [.85, .15, 0, 0, 0]])  # by race
 _EYE = np.array([[0.38, 0.22, 0.08], [0.16, 0.10, 0.05], [0.25, 0.45, 0.78], [0.28, 0.55, 0.30], [0.50, 0.56, 0.62]])
 _GREY = np.array([0.80, 0.80, 0.80])
 
@@ -55,7 +55,8 @@ def sample_nuisance(n:int, # number of images
         brow_raise=rng.uniform(-0.015, 0.03, n), light_ang=rng.uniform(0, 2*math.pi, n),
         light=rng.uniform(0.0, 0.35, n), bright=rng.uniform(0.88, 1.1, n), tint=rng.normal(0, 0.025, (n, 3)),
         bg1=rng.uniform(0, 1, (n, 3)), bg2=rng.uniform(0, 1, (n, 3)), bg_ang=rng.uniform(0, 2*math.pi, n),
-        blob_xy=rng.uniform(-1, 1, (n, 2, 2)), blob_r=rng.uniform(0.15, 0.45, (n, 2)), blob_rgb=rng.uniform(0, 1, (n, 2, 3)),
+        blob_xy=rng.uniform(-1, 1, (n, 2, 2)), blob_r=rng.uniform(0.15, 0.45, (n, 2)),
+        blob_rgb=rng.uniform(0, 1, (n, 2, 3)),
         cloth_rgb=rng.uniform(0.05, 0.9, (n, 3)), noise=rng.uniform(0.0, 0.03, n), noise_seed=rng.integers(0, 2**31, n),
         label_u=rng.random(n))
 
@@ -78,6 +79,149 @@ def _seg(u, v, x0, y0, x1, y1):  # distance to segment
 
 def _over(img, rgb, m): return img + m*(rgb - img)  # alpha-composite a colour through a mask
 
+# %% ../nbs/00b_synthfaces.ipynb #b8e6ce13
+class _Sketch:
+    "The shared state of one batch's drawing: per-row parameters, pixel and face-frame coordinates, derived colours."
+    def __init__(self, ident:dict, nuis:dict, S:int):
+        self.ident, self.nuis, self.B, self.S = ident, nuis, len(ident['gender']), S
+        lin = (torch.arange(S, dtype=torch.float32) + 0.5) / S * 2 - 1
+        Y, X = torch.meshgrid(lin, lin, indexing='ij'); self.X, self.Y = X[None, None], Y[None, None]  # (1,1,S,S)
+        rot, sc = self.n('rot'), self.n('scale')
+        xs, ys = self.X - self.n('dx'), self.Y - self.n('dy')
+        self.u = (torch.cos(rot)*xs + torch.sin(rot)*ys) / sc  # face frame: the pose undone
+        self.v = (-torch.sin(rot)*xs + torch.cos(rot)*ys) / sc
+        self.w = (0.6 * 2 / S) / sc  # edge softness: ~0.6 px
+        age, self.g = self.i('age'), self.i('gender')
+        self.fw, self.fh, self.cy = self.i('face_w'), self.i('face_h'), torch.full_like(age, 0.05)  # half-axes, centre
+        self.a_line, self.a_grey = ((age - 22) / 45).clamp(0, 1), ((age - 35) / 30).clamp(0, 1)  # wrinkles, grey hair
+        skin = self.i('skin_rgb')
+        self.skin = skin * (1 - 0.12*self.a_line) + 0.12*self.a_line*skin.mean(1, keepdim=True)  # paler with age
+        hair = self.i('hair_rgb')
+        self.hair = hair + self.a_grey*(torch.as_tensor(_GREY, dtype=torch.float32).view(1, 3, 1, 1) - hair)
+        self.hair_tex = 1 + 0.05*torch.sin(45*self.u + 7*self.v)
+        self.ey = self.cy + self.i('eye_y')  # eye line
+        self.ny0 = self.ey + self.i('nose_len') + 0.02  # nose tip
+        self.my = self.cy + self.i('mouth_y') - 0.05  # mouth line
+
+    def i(self, k:str)->torch.Tensor: return _t(self.ident[k], self.B)  # identity parameter k, one row per image
+    def n(self, k:str)->torch.Tensor: return _t(self.nuis[k], self.B)  # nuisance parameter k
+
+# %% ../nbs/00b_synthfaces.ipynb #cd7075eb
+def _background(s:_Sketch)->torch.Tensor:
+    "A colour gradient at a random angle, with two soft colour blobs."
+    ba = s.n('bg_ang'); tt = ((torch.cos(ba)*s.X + torch.sin(ba)*s.Y + 1) / 2).clamp(0, 1)
+    img = s.n('bg1') + tt*(s.n('bg2') - s.n('bg1'))
+    bxy, br, brgb = s.nuis['blob_xy'], s.nuis['blob_r'], s.nuis['blob_rgb']
+    for k in range(2):
+        r_ = _t(br[:, k], s.B); m = _ell(s.X, s.Y, _t(bxy[:, k, 0], s.B), _t(bxy[:, k, 1], s.B), r_, r_, 0.08)
+        img = _over(img, _t(brgb[:, k], s.B), 0.6*m)
+    return img
+
+def _body(s:_Sketch, img:torch.Tensor)->tuple[torch.Tensor, torch.Tensor]:
+    "Clothes and shoulders, long back hair (female-like), the neck and the ears; also returns the back-hair mask."
+    u, v, w, fw, fh, cy = s.u, s.v, s.w, s.fw, s.fh, s.cy
+    img = _over(img, s.n('cloth_rgb'), _ell(u, v, 0*fw, cy + fh + 0.75, fw + 0.55, 0.45 + 0*fw, w))
+    hl = s.i('hair_len')
+    back = _ell(u, v, 0*fw, cy + 0.02, fw + 0.11, fh + 0.2, w) * _lt(v - (cy + hl), w) * (hl > 0).float()
+    img = _over(img, s.hair*0.8*s.hair_tex, back)
+    img = _over(img, s.skin*0.82, _band(u, 0.5*fw, w) * _lt(cy + 0.25 - v, w))  # neck
+    for side in (-1, 1):  # ears
+        img = _over(img, s.skin*0.9, _ell(u, v, side*0.97*fw, s.ey + 0.07, 0.05 + 0*fw, 0.09 + 0*fw, w))
+    return img, back
+
+def _face_oval(s:_Sketch, img:torch.Tensor)->tuple[torch.Tensor, torch.Tensor]:
+    "The face: an ellipse whose lower half tapers with the jaw (narrow chin ~ female-like), darker towards its rim."
+    u, v, w, fw, fh, cy = s.u, s.v, s.w, s.fw, s.fh, s.cy
+    below = ((v - cy) / fh).clamp(0, 1)
+    ax = fw * (1 - s.i('jaw') * below**2)
+    face = _ell(u, v, 0*fw, cy, ax, fh, w)
+    nx, ny = (u / fw).clamp(-1, 1), ((v - cy) / fh).clamp(-1, 1)
+    shade = 1 - 0.18*(nx**2 + ny**2)**2
+    return _over(img, s.skin*shade, face), face
+
+def _beard(s:_Sketch, img:torch.Tensor, face:torch.Tensor)->torch.Tensor:
+    "A textured beard on the face below the nose (male-like identities with `beard`)."
+    u, v, w = s.u, s.v, s.w
+    beard = face * _lt(s.ny0 + 0.04 - v, w) * s.i('beard') * (0.55 + 0.2*torch.sin(70*u)*torch.sin(70*v))
+    return _over(img, s.hair*0.8, beard)
+
+def _age_lines(s:_Sketch, img:torch.Tensor, face:torch.Tensor)->torch.Tensor:
+    "Forehead lines, nasolabial folds and under-eye lines, as dark as the age-like attribute is high."
+    u, v, w, fw, ey, ny0, my = s.u, s.v, s.w, s.fw, s.ey, s.ny0, s.my
+    waves = (_band(v - (ey - dk + 0.01*torch.sin(6*u)), 0.006, w) for dk in (0.15, 0.20, 0.25))
+    lines = sum(waves) * _band(u, 0.5*fw, w)  # forehead
+    nl = 0
+    for side in (-1, 1):
+        nl = nl + _band(_seg(u, v, side*(s.i('nose_w') + 0.04), ny0 - 0.01, side*(s.i('mouth_w') + 0.045), my + 0.06),
+                        0.006, w)  # nasolabial fold
+        nl = nl + _band(_seg(u, v, side*(s.i('eye_sp') - 0.05), ey + 0.055, side*(s.i('eye_sp') + 0.05), ey + 0.055),
+                        0.005, w)  # under the eye
+    return _over(img, s.skin*0.55, (lines + nl).clamp(0, 1) * face * s.a_line * 0.9)
+
+def _nose(s:_Sketch, img:torch.Tensor)->torch.Tensor:
+    "The nose: a shaded tip, a shadow along its side, two nostrils."
+    u, v, w, fw, ey, ny0, nw = s.u, s.v, s.w, s.fw, s.ey, s.ny0, s.i('nose_w')
+    img = _over(img, s.skin*0.8, 0.6*_ell(u, v, 0*fw, ny0 - 0.01, nw*1.5, 0.035 + 0*fw, w))
+    img = _over(img, s.skin*0.8, 0.45*_band(u - 0.35*nw, 0.008, w) * _band(v - (ey + ny0)/2, (ny0 - ey)/2 - 0.03, w))
+    for side in (-1, 1): img = _over(img, s.skin*0.35, _ell(u, v, side*nw*0.8, ny0, 0.016 + 0*fw, 0.01 + 0*fw, w))
+    return img
+
+def _mouth(s:_Sketch, img:torch.Tensor)->torch.Tensor:
+    "Lips along a curve whose corners rise with the smile; a big smile opens on teeth, a small one is a closed line."
+    u, v, w, g = s.u, s.v, s.w, s.g
+    sm, mw, lip = s.n('smile'), s.i('mouth_w'), s.i('lip')
+    q = (1 - (u / mw)**2).clamp(min=0); inx = _band(u, mw, w)
+    yc = s.my + 0.045*sm*(q - 0.5)  # the curve
+    gap = 0.035*(sm - 0.45).clamp(min=0)*q.sqrt()  # how far it opens
+    lipc = (s.skin*torch.tensor([0.85, 0.55, 0.55]).view(1, 3, 1, 1)*(1 - 0.25*(1 - g))
+            + (1 - g)*0.25*torch.tensor([0.75, 0.1, 0.15]).view(1, 3, 1, 1))  # redder lips for female-like
+    img = _over(img, lipc, inx*_band(v - (yc - gap - lip*q.sqrt()/2), lip*q.sqrt()/2 + 0.002, w))  # upper lip
+    img = _over(img, lipc, inx*_band(v - (yc + gap + 0.65*lip*q.sqrt()), 0.65*lip*q.sqrt() + 0.002, w))  # lower lip
+    teeth = torch.tensor([0.95, 0.93, 0.88]).view(1, 3, 1, 1)
+    img = _over(img, teeth, inx*_band(v - yc, gap, w) * (gap > 1e-3).float())
+    return _over(img, s.skin*0.3, 0.8*_band(u, mw, w)*_band(v - yc, 0.006, w)*(gap <= 1e-3).float())  # closed
+
+def _eyes(s:_Sketch, img:torch.Tensor)->torch.Tensor:
+    "Each eye (lid outline, white, iris, pupil) and the eyebrow above it, raised by the expression."
+    u, v, w, fw, ey = s.u, s.v, s.w, s.fw, s.ey
+    es, esz, eo = s.i('eye_sp'), s.i('eye_size'), s.n('eye_open')
+    for side in (-1, 1):
+        ex = side*es
+        white = _ell(u, v, ex, ey, 0.055*esz, 0.03*esz*eo, w)
+        img = _over(img, s.skin*0.3, _ell(u, v, ex, ey - 0.004, 0.062*esz, 0.036*esz*eo, w))  # lid / lash outline
+        img = _over(img, torch.tensor([0.95, 0.95, 0.93]).view(1, 3, 1, 1), white)
+        img = _over(img, s.i('eye_rgb'), white*_ell(u, v, ex, ey, 0.027*esz, 0.027*esz, w))  # iris
+        img = _over(img, torch.zeros(1, 3, 1, 1) + 0.03, white*_ell(u, v, ex, ey, 0.011*esz, 0.011*esz, w))  # pupil
+        byy = ey - 0.065 - 0.02*esz - s.n('brow_raise')
+        img = _over(img, s.hair*0.75, _ell(u, v, ex, byy + 0.015*(u - ex).abs()/0.07, 0.07 + 0*fw, s.i('brow'), w))
+    return img
+
+def _hair_cap(s:_Sketch, img:torch.Tensor, back:torch.Tensor)->torch.Tensor:
+    "Hair on top, the hairline by style (0 straight fringe, 1 side part, 2 curly), receding with age for male-like."
+    u, v, w, fw, fh, cy = s.u, s.v, s.w, s.fw, s.fh, s.cy
+    st = s.i('hair_style')
+    hline = cy - 0.55*fh + 0.09*s.g*s.a_grey + (st == 1).float()*0.1*u + (st == 2).float()*0.02*torch.sin(40*u)
+    rad = 1 + (st == 2).float()*0.04*torch.sin(10*torch.atan2(v - cy, u))
+    cap = _ell(u*rad, v, 0*fw, cy - 0.06, fw + 0.035, fh + 0.0, w) * _lt(v - hline, w)
+    cap = torch.maximum(cap, back * _lt(v - (cy + 0.02), w) * _lt(u.abs() - fw*0.92, -w))  # long hair frames the face
+    return _over(img, s.hair*s.hair_tex, cap)
+
+def _glasses(s:_Sketch, img:torch.Tensor)->torch.Tensor:
+    "Round frames and a bridge, for identities with `glasses`."
+    u, v, w, ey = s.u, s.v, s.w, s.ey
+    gl, es, frame = s.i('glasses'), s.i('eye_sp'), s.i('frame_rgb')
+    for side in (-1, 1):
+        img = _over(img, frame, gl*_band(torch.sqrt((u - side*es)**2 + ((v - ey)/0.85)**2) - 0.085, 0.007, w))
+    return _over(img, frame, gl*_band(v - ey + 0.01, 0.006, w)*_band(u, es - 0.085, w))
+
+def _lighting(s:_Sketch, img:torch.Tensor)->torch.Tensor:
+    "A directional light gradient, global brightness and tint, then per-image sensor noise; clipped to [0, 1]."
+    la = s.n('light_ang')
+    img = img * (s.n('bright') * (1 + s.n('light')*(torch.cos(la)*s.X + torch.sin(la)*s.Y)/1.4) + s.n('tint'))
+    gen = [torch.Generator().manual_seed(int(seed)) for seed in s.nuis['noise_seed']]  # each image its own noise
+    noise = torch.stack([torch.randn(3, s.S, s.S, generator=g_) for g_ in gen])
+    return (img + s.n('noise')*noise).clamp(0, 1)
+
 # %% ../nbs/00b_synthfaces.ipynb #a99a48b9
 def render_faces(ident:dict, # identity and private attributes, one row per image (see `sample_users`)
                  nuis:dict, # nuisance, one row per image (see `sample_nuisance`)
@@ -85,100 +229,20 @@ def render_faces(ident:dict, # identity and private attributes, one row per imag
                  base:int=64, # native rendering resolution
                 )->torch.Tensor:
     "Render one face per row of `ident`/`nuis` at `base` px, area-downsampled to `size`: (B,3,size,size) in [0,1]."
-    B = len(ident['gender']); S = base
-    T = lambda k, d=ident: _t(d[k], B)
-    lin = (torch.arange(S, dtype=torch.float32) + 0.5) / S * 2 - 1
-    Y, X = torch.meshgrid(lin, lin, indexing='ij'); X, Y = X[None, None], Y[None, None]  # (1,1,S,S)
-    rot, sc = T('rot', nuis), T('scale', nuis)
-    xs, ys = X - T('dx', nuis), Y - T('dy', nuis)
-    u = (torch.cos(rot)*xs + torch.sin(rot)*ys) / sc; v = (-torch.sin(rot)*xs + torch.cos(rot)*ys) / sc  # face frame
-    w = (0.6 * 2 / S) / sc  # edge softness: ~0.6 px
-    age = T('age'); g = T('gender')
-    fw, fh, cy = T('face_w'), T('face_h'), torch.full_like(age, 0.05)
-    a_line = ((age - 22) / 45).clamp(0, 1); a_grey = ((age - 35) / 30).clamp(0, 1)
-    skin = T('skin_rgb') * (1 - 0.12*a_line) + 0.12*a_line*T('skin_rgb').mean(1, keepdim=True)
-    hair = T('hair_rgb'); hair = hair + a_grey*(torch.as_tensor(_GREY, dtype=torch.float32).view(1, 3, 1, 1) - hair)
-    # background: gradient + two blobs
-    ba = T('bg_ang', nuis); tt = ((torch.cos(ba)*X + torch.sin(ba)*Y + 1) / 2).clamp(0, 1)
-    img = T('bg1', nuis) + tt*(T('bg2', nuis) - T('bg1', nuis))
-    bxy, br, brgb = nuis['blob_xy'], nuis['blob_r'], nuis['blob_rgb']
-    for k in range(2):
-        r_ = _t(br[:, k], B); m = _ell(X, Y, _t(bxy[:, k, 0], B), _t(bxy[:, k, 1], B), r_, r_, 0.08)
-        img = _over(img, _t(brgb[:, k], B), 0.6*m)
-    # clothes / shoulders, long back hair, neck, ears
-    img = _over(img, T('cloth_rgb', nuis), _ell(u, v, 0*fw, cy + fh + 0.75, fw + 0.55, 0.45 + 0*fw, w))
-    hl = T('hair_len'); hair_tex = 1 + 0.05*torch.sin(45*u + 7*v)
-    back = _ell(u, v, 0*fw, cy + 0.02, fw + 0.11, fh + 0.2, w) * _lt(v - (cy + hl), w) * (hl > 0).float()
-    img = _over(img, hair*0.8*hair_tex, back)
-    neck = _band(u, 0.5*fw, w) * _lt(cy + 0.25 - v, w)
-    img = _over(img, skin*0.82, neck)
-    eyy = T('eye_y'); ey = cy + eyy
-    for s in (-1, 1):
-        img = _over(img, skin*0.9, _ell(u, v, s*0.97*fw, ey + 0.07, 0.05 + 0*fw, 0.09 + 0*fw, w))
-    # face: ellipse whose lower half tapers with the jaw parameter (narrow chin ~ female-like)
-    below = ((v - cy) / fh).clamp(0, 1)
-    ax = fw * (1 - T('jaw') * below**2)
-    face = _ell(u, v, 0*fw, cy, ax, fh, w)
-    nx, ny = (u / fw).clamp(-1, 1), ((v - cy) / fh).clamp(-1, 1)
-    shade = 1 - 0.18*(nx**2 + ny**2)**2
-    img = _over(img, skin*shade, face)
-    # beard (male-like identities)
-    ny0 = ey + T('nose_len') + 0.02; my = cy + T('mouth_y') - 0.05
-    beard = face * _lt(ny0 + 0.04 - v, w) * T('beard') * (0.55 + 0.2*torch.sin(70*u)*torch.sin(70*v))
-    img = _over(img, hair*0.8, beard)
-    # age: forehead lines, nasolabial folds, under-eye bags
-    lines = sum(_band(v - (ey - dk + 0.01*torch.sin(6*u)), 0.006, w) for dk in (0.15, 0.20, 0.25)) * _band(u, 0.5*fw, w)
-    nl = 0
-    for s in (-1, 1):
-        nl = nl + _band(_seg(u, v, s*(T('nose_w') + 0.04), ny0 - 0.01, s*(T('mouth_w') + 0.045), my + 0.06), 0.006, w)
-        nl = nl + _band(_seg(u, v, s*(T('eye_sp') - 0.05), ey + 0.055, s*(T('eye_sp') + 0.05), ey + 0.055), 0.005, w)
-    img = _over(img, skin*0.55, (lines + nl).clamp(0, 1) * face * a_line * 0.9)
-    # nose: shading and nostrils
-    nw = T('nose_w')
-    img = _over(img, skin*0.8, 0.6*_ell(u, v, 0*fw, ny0 - 0.01, nw*1.5, 0.035 + 0*fw, w))
-    img = _over(img, skin*0.8, 0.45*_band(u - 0.35*nw, 0.008, w) * _band(v - (ey + ny0)/2, (ny0 - ey)/2 - 0.03, w))
-    for s in (-1, 1): img = _over(img, skin*0.35, _ell(u, v, s*nw*0.8, ny0, 0.016 + 0*fw, 0.01 + 0*fw, w))
-    # mouth: curve y(x) whose corners rise with the smile; open with teeth for big smiles
-    sm, mw, lip = T('smile', nuis), T('mouth_w'), T('lip')
-    q = (1 - (u / mw)**2).clamp(min=0); inx = _band(u, mw, w)
-    yc = my + 0.045*sm*(q - 0.5)
-    gap = 0.035*(sm - 0.45).clamp(min=0)*q.sqrt()
-    lipc = skin*torch.tensor([0.85, 0.55, 0.55]).view(1, 3, 1, 1)*(1 - 0.25*(1 - g)) + (1 - g)*0.25*torch.tensor([0.75, 0.1, 0.15]).view(1, 3, 1, 1)
-    img = _over(img, lipc, inx*_band(v - (yc - gap - lip*q.sqrt()/2), lip*q.sqrt()/2 + 0.002, w))
-    img = _over(img, lipc, inx*_band(v - (yc + gap + 0.65*lip*q.sqrt()), 0.65*lip*q.sqrt() + 0.002, w))
-    img = _over(img, torch.tensor([0.95, 0.93, 0.88]).view(1, 3, 1, 1), inx*_band(v - yc, gap, w) * (gap > 1e-3).float())
-    img = _over(img, skin*0.3, 0.8*_band(u, mw, w)*_band(v - yc, 0.006, w)*(gap <= 1e-3).float())
-    # eyes: white, iris, pupil, upper lid line; eyebrows
-    es, esz, eo = T('eye_sp'), T('eye_size'), T('eye_open', nuis)
-    for s in (-1, 1):
-        ex = s*es
-        white = _ell(u, v, ex, ey, 0.055*esz, 0.03*esz*eo, w)
-        img = _over(img, skin*0.3, _ell(u, v, ex, ey - 0.004, 0.062*esz, 0.036*esz*eo, w))  # lid / lash outline
-        img = _over(img, torch.tensor([0.95, 0.95, 0.93]).view(1, 3, 1, 1), white)
-        img = _over(img, T('eye_rgb'), white*_ell(u, v, ex, ey, 0.027*esz, 0.027*esz, w))
-        img = _over(img, torch.zeros(1, 3, 1, 1) + 0.03, white*_ell(u, v, ex, ey, 0.011*esz, 0.011*esz, w))
-        byy = ey - 0.065 - 0.02*esz - T('brow_raise', nuis)
-        img = _over(img, hair*0.75, _ell(u, v, ex, byy + 0.015*(u - ex).abs()/0.07, 0.07 + 0*fw, T('brow'), w))
-    # hair cap with hairline by style (0 straight fringe, 1 side part, 2 curly); recedes with age for male-like
-    st = T('hair_style')
-    hline = cy - 0.55*fh + 0.09*g*a_grey + (st == 1).float()*0.1*u + (st == 2).float()*0.02*torch.sin(40*u)
-    rad = 1 + (st == 2).float()*0.04*torch.sin(10*torch.atan2(v - cy, u))
-    cap = _ell(u*rad, v, 0*fw, cy - 0.06, fw + 0.035, fh + 0.0, w) * _lt(v - hline, w)
-    cap = torch.maximum(cap, back * _lt(v - (cy + 0.02), w) * _lt(u.abs() - fw*0.92, -w) )  # long hair frames the face
-    img = _over(img, hair*hair_tex, cap)
-    # glasses
-    gl = T('glasses')
-    for s in (-1, 1):
-        img = _over(img, T('frame_rgb'), gl*_band(torch.sqrt((u - s*es)**2 + ((v - ey)/0.85)**2) - 0.085, 0.007, w))
-    img = _over(img, T('frame_rgb'), gl*_band(v - ey + 0.01, 0.006, w)*_band(u, es - 0.085, w))
-    # lighting: directional gradient, global brightness and tint; then sensor noise
-    la = T('light_ang', nuis)
-    img = img * (T('bright', nuis) * (1 + T('light', nuis)*(torch.cos(la)*X + torch.sin(la)*Y)/1.4) + T('tint', nuis))
-    gen = [torch.Generator().manual_seed(int(s_)) for s_ in nuis['noise_seed']]
-    noise = torch.stack([torch.randn(3, S, S, generator=g_) for g_ in gen])
-    img = (img + T('noise', nuis)*noise).clamp(0, 1)
-    if size != S: img = F.interpolate(img, size=(size, size), mode='area') if S % size == 0 else F.interpolate(img, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
-    return img
+    s = _Sketch(ident, nuis, base)
+    img = _background(s)
+    img, back = _body(s, img)
+    img, face = _face_oval(s, img)
+    img = _beard(s, img, face)
+    img = _age_lines(s, img, face)
+    img = _nose(s, img)
+    img = _mouth(s, img)
+    img = _eyes(s, img)
+    img = _hair_cap(s, img, back)
+    img = _glasses(s, img)
+    img = _lighting(s, img)  # (B, 3, base, base)
+    if size == base: return img
+    return F.interpolate(img, size=(size, size), mode='area') if base % size == 0 else resize(img, size)
 
 # %% ../nbs/00b_synthfaces.ipynb #192db494
 TASK_LABELS = ("expression", "identity")
@@ -210,11 +274,14 @@ class SynthFaces(list):
                  images_per_user:int, # images per user
                  seed:int=0, # stream seed: user i is the same for any n_users, images_per_user, size
                  size:int=64, # image side in px (<= 64)
-                 task_label:str="expression", # how the task label arises: "expression" (per image) or "identity" (per person)
+                 task_label:str="expression", # "expression": follows each image; "identity": follows the person
                 ):
-        if n_users < 1 or images_per_user < 1: raise ValueError(f"need n_users >= 1 and images_per_user >= 1, got {n_users}, {images_per_user}")
-        if not 1 <= size <= 64: raise ValueError(f"size must be in 1..64 (faces are rendered at 64 px and downsampled), got {size}")
-        if task_label not in TASK_LABELS: raise ValueError(f"task_label must be one of {TASK_LABELS}, got {task_label!r}")
+        if n_users < 1 or images_per_user < 1:
+            raise ValueError(f"need n_users >= 1 and images_per_user >= 1, got {n_users}, {images_per_user}")
+        if not 1 <= size <= 64:
+            raise ValueError(f"size must be in 1..64 (faces are rendered at 64 px and downsampled), got {size}")
+        if task_label not in TASK_LABELS:
+            raise ValueError(f"task_label must be one of {TASK_LABELS}, got {task_label!r}")
         self.seed, self.size, self.task_label = seed, size, task_label
         for i in range(n_users):
             ident, nuis = user_params(seed, i, images_per_user)
