@@ -29,7 +29,8 @@ def time_schedule(steps:int, # number of optimisation steps S
     "Cosine-modulated linear annealing of τ from t_start to t_end with uniform noise (Appendix C, Fig. 5a)."
     u = _progress(steps)
     if noise < 0: raise ValueError(f"noise amplitude must be >= 0, got {noise}")
-    if not 0 <= t_min < num_train_timesteps: raise ValueError(f"t_min must lie in [0, {num_train_timesteps-1}], got {t_min}")
+    if not 0 <= t_min < num_train_timesteps:
+        raise ValueError(f"t_min must lie in [0, {num_train_timesteps-1}], got {t_min}")
     ramp = (1 - u)*(1 + np.cos(np.pi*u))/2 if modulate else 1 - u
     tau = t_end + (t_start - t_end)*ramp
     tau = tau + np.random.default_rng(seed).uniform(-noise, noise, size=u.shape)
@@ -52,9 +53,10 @@ def layer_window(steps:int, # number of optimisation steps S
                  end_frac:float=1.0, # fraction of the steps after which the centre rests at layer 0
                  alpha:float=0.54, # Hamming coefficient: w = alpha + (1-alpha) cos(pi d / h)
                 )->np.ndarray: # (S, L) float64 weights in [0, 1]
-    "Per-step, per-layer weights: an asymmetric Hamming window sliding from the deepest layer to the shallowest (Fig. 5b)."
+    "Per-step, per-layer weights: an asymmetric Hamming window sliding from the deepest layer to the shallowest (5b)."
     u = _progress(steps)
-    if int(n_layers) != n_layers or n_layers < 1: raise ValueError(f"n_layers must be a positive integer, got {n_layers}")
+    if int(n_layers) != n_layers or n_layers < 1:
+        raise ValueError(f"n_layers must be a positive integer, got {n_layers}")
     if shallow_width <= 0 or deep_width <= 0: raise ValueError("window widths must be > 0")
     if not 0 < end_frac <= 1: raise ValueError(f"end_frac must lie in (0, 1], got {end_frac}")
     L = int(n_layers)
@@ -79,11 +81,13 @@ def plot_schedules(steps:int=4000, # number of optimisation steps S (the paper: 
     window = layer_window(steps, n_layers) if window is None else np.asarray(window)
     fig, (a, b) = plt.subplots(1, 2, figsize=figsize, dpi=dpi)
     a.plot(tau, lw=0.6, color="C0", label=r"time $\tau$")
-    a.set_xlabel("optimisation step"); a.set_ylabel(r"$\tau$", color="C0"); a.set_title("(a) time schedule and clipping")
+    a.set_xlabel("optimisation step"); a.set_ylabel(r"$\tau$", color="C0")
+    a.set_title("(a) time schedule and clipping")
     a2 = a.twinx(); a2.plot(zeta, color="C3", lw=2, label=r"clip factor $\zeta$"); a2.set_ylabel(r"$\zeta$", color="C3")
     a.legend(handles=a.get_lines() + a2.get_lines(), loc="upper right", fontsize=8)
     im = b.imshow(window.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
                   extent=(0, window.shape[0], -0.5, window.shape[1] - 0.5))
-    b.set_xlabel("optimisation step"); b.set_ylabel("layer (0 = first, top = deepest)"); b.set_title("(b) sliding layer window")
+    b.set_xlabel("optimisation step"); b.set_ylabel("layer (0 = first, top = deepest)")
+    b.set_title("(b) sliding layer window")
     fig.colorbar(im, ax=b, label="weight"); fig.tight_layout()
     return fig
