@@ -42,6 +42,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--runs", default=None, help="store every case under this folder and reuse finished ones (resumable)")
     a = ap.parse_args(argv)
     names = [v.strip() for v in a.variants.split(",") if v.strip()]
     bad = [n for n in names if n not in VARIANTS]
@@ -56,7 +57,7 @@ def main(argv=None):
         if ckey not in controls:
             controls[ckey] = n; jobs += [(f"control[{n}]", "control", u, ov) for u in users]
     with ProcessPoolExecutor(a.jobs) as pool:
-        out = list(pool.map(one, [(u, a.seed, "cpu", m, ov) for _, m, u, ov in jobs]))
+        out = list(pool.map(one, [(u, a.seed, "cpu", m, ov, a.runs) for _, m, u, ov in jobs]))
     rows = {}
     for (name, _, _, _), r in zip(jobs, out): rows.setdefault(name, []).append(r)
     table = []

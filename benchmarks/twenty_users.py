@@ -28,13 +28,15 @@ import numpy as np
 
 def one(args):
     "One user's case (run_case sets torch to one thread for the run); --set keys that are Case fields go to the case."
-    user, seed, device, method, overrides = args
+    user, seed, device, method, overrides, runs = args
     from dataclasses import fields
-    from diffula.pipeline import Case, run_case
+    from diffula.pipeline import Case, run_case, run_cases
     names = {f.name for f in fields(Case)}
     case_kw = {k: v for k, v in overrides.items() if k in names}
     config = {k: v for k, v in overrides.items() if k not in names}
-    return run_case(Case.demo(user=user, seed=seed, device=device, method=method, config=config, **case_kw), progress=False)
+    case = Case.demo(user=user, seed=seed, device=device, method=method, config=config, **case_kw)
+    if runs: return run_cases([case], runs, progress=False)[0]   # stored under runs/<key>: reused by any later run
+    return run_case(case, progress=False)
 
 
 def arm_summary(rows):
@@ -83,6 +85,7 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override a Case field (image_size, batch_size, task_label, bn_mode, ...) or an AttackConfig field, e.g. --set restarts=2 (repeatable)")
     ap.add_argument("--json", default=None, help="write the arms, the paired tests, the settings and all rows here")
+    ap.add_argument("--runs", default=None, help="store every case under this folder and reuse finished ones (resumable)")
     a = ap.parse_args(argv)
     base = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     if a.steps is not None: base["steps"] = a.steps
@@ -90,7 +93,7 @@ def main(argv=None):
     users = list(range(a.first_user, a.first_user + a.users))
     results, t0 = {}, time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        futs = {name: pool.map(one, [(u, a.seed, a.device, method, base) for u in users]) for name, method in arms}
+        futs = {name: pool.map(one, [(u, a.seed, a.device, method, base, a.runs) for u in users]) for name, method in arms}
         for name, _ in arms: results[name] = list(futs[name])
     wall = time.time() - t0
     settings = {k: v for k, v in results["attack"][0]["settings"].items() if k not in ("method", "seed")}

@@ -285,8 +285,12 @@ def run_case(case:Case, # what to run
         files = ["reconstruction.png"]
         if isinstance(mo.result, AttackResult):
             save_figure(out/"history.png", plot_history(mo.result)); files.append("history.png")
+        extra = {}
+        if isinstance(mo.result, AttackResult):                    # DiffULA: x0 before denoising and the snapshots too
+            extra = dict(x_opt=mo.result.x_opt, x_final=mo.result.x_final, snapshots=mo.result.snapshots,
+                         restart_distances=mo.result.restart_distances)
         _atomic(out/"result.pt", lambda p: torch.save(dict(images=mo.images, labels=mo.labels, case=asdict(case),
-                history=getattr(mo.result, "history", None)), p))
+                history=getattr(mo.result, "history", None), **extra), p))
         res["files"] = files + ["result.pt", "metrics.json"]
         write_json(out/"metrics.json", res)                        # last: its presence means the case is complete
     return res
