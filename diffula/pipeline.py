@@ -18,14 +18,16 @@ from .data import User, celeba_users, folder_users
 from .formulation import resnet18, client_gradient, BN_MODES
 from .synthfaces import SynthFaces, TASK_LABELS
 from .prior import load_prior
+from .baselines import IGConfig, GIASConfig, BaselineResult, inverting_gradients, gias, load_generator
 from .attack import AttackConfig, AttackResult, diffula_attack, resolve_device, plot_progress, plot_history
 from .evaluation import (FaceEvaluator, SynthFacesEvaluator, DeepFaceEvaluator, evaluate_user, reference_metrics,
                                 synth_feature_distance, aggregate, table1_markdown)
 
 # %% auto #0
 __all__ = ['PRESETS', 'METHODS', 'PREPARE', 'SCHEMA', 'Case', 'MethodOutput', 'register_method', 'diffula_config', 'case_prior',
-           'run_diffula', 'run_control', 'other_user_index', 'load_users', 'write_json', 'save_figure', 'check_out_dir',
-           'make_evaluator', 'run_case', 'load_result', 'run_cases', 'reference_rows', 'table1']
+           'run_diffula', 'run_control', 'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users',
+           'write_json', 'save_figure', 'check_out_dir', 'make_evaluator', 'run_case', 'load_result', 'run_cases',
+           'reference_rows', 'table1']
 
 # %% ../nbs/04a_pipeline.ipynb #635f37a8
 PRESETS = ("cpu", "paper")
@@ -151,6 +153,40 @@ def run_diffula(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Ca
 def run_control(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(), progress:bool=True)->MethodOutput:
     "DiffULA's prior-only control: the same x0 and noise with gm_weight = 0, so the gradient plays no part."
     return _diffula(case, observed, model, callbacks, progress, gm_weight=0.0)
+
+# %% ../nbs/04a_pipeline.ipynb #f07d3445
+def _baseline_config(case:Case, cls):
+    "A baseline's config for a case: the preset (cpu: the compressed schedule; paper: Section 3's budget), the case's seed, device and BatchNorm mode, then `case.config`."
+    base = cls.cpu() if case.preset == "cpu" else cls()
+    unknown = set(case.config) - {f.name for f in fields(cls)}
+    if unknown: raise ValueError(f"Case.config: {sorted(unknown)} are not {cls.__name__} fields")
+    return replace(replace(base, seed=case.seed, device=case.device, bn_mode=case.bn_mode), **case.config).validate()
+
+def _baseline_output(res:BaselineResult)->MethodOutput:
+    "A baseline's result with its budget under the case runner's keys (the generator counts as the prior)."
+    b = res.budget
+    budget = dict(steps=b["steps"], restarts=b.get("restarts_run", 1), wall_s=b["wall_time_s"], s_per_step=b["s_per_step"],
+                  fed_forward=b["model_forward"], fed_backward=b["model_backward"],
+                  prior_forward=b["generator_forward"], prior_backward=b["generator_backward"])
+    return MethodOutput(res.images, res.labels, asdict(res.config), budget, res.interrupted, res)
+
+def case_generator(case:Case):
+    "GIAS's generator (the shipped SynthFaces one), loaded once per process."
+    return _cached(("generator", str(case.device)), lambda: load_generator(device=case.device))
+
+@register_method("ig", prepare=lambda case: _baseline_config(case, IGConfig))
+def run_ig(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(), progress:bool=True)->MethodOutput:
+    "Inverting Gradients (Geiping et al. 2020, stage 03a): all B images from noise."
+    cfg = replace(_baseline_config(case, IGConfig), progress=progress)
+    return _baseline_output(inverting_gradients(observed, model, cfg, batch_size=case.batch_size, callbacks=callbacks))
+
+def _prepare_gias(case): _baseline_config(case, GIASConfig); case_generator(case)
+
+@register_method("gias", prepare=_prepare_gias)
+def run_gias(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(), progress:bool=True)->MethodOutput:
+    "GIAS (Jeon et al. 2021, stage 03a) with the shipped SynthFaces generator: all B images."
+    cfg = replace(_baseline_config(case, GIASConfig), progress=progress)
+    return _baseline_output(gias(observed, model, case_generator(case), cfg, batch_size=case.batch_size, callbacks=callbacks))
 
 # %% ../nbs/04a_pipeline.ipynb #0906fd8d
 def other_user_index(case:Case, n_available:int|None=None)->int:
