@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +32,8 @@ def one(kw):
 def settings(quick):
     rows = [dict(image_size=32, batch_size=8, task_label="expression"), dict(image_size=32, batch_size=8, task_label="identity")]
     if not quick:
-        rows += [dict(image_size=32, batch_size=1, task_label="identity"), dict(image_size=64, batch_size=30, task_label="identity"),
+        rows += [dict(image_size=32, batch_size=1, task_label="identity"),
+                 dict(image_size=32, batch_size=30, task_label="identity"), dict(image_size=64, batch_size=30, task_label="identity"),
                  dict(image_size=64, batch_size=30, task_label="expression"), dict(image_size=64, batch_size=8, task_label="identity")]
     return [dict(r, bn_mode=m) for r in rows for m in ("eval", "train")]
 
@@ -47,15 +48,35 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the rows here")
     a = ap.parse_args(argv)
     jobs = [dict(s, n_users=a.users, first_user=a.first_user, draws=a.draws) for s in settings(a.quick)]
-    t0 = time.time()
-    with ProcessPoolExecutor(a.jobs) as pool: rows = list(pool.map(one, jobs))
-    from diffula.retrieval import markdown_table
-    cols = ["image_size", "batch_size", "task_label", "bn_mode", "n_users", "mean_rank", "chance_rank", "top1", "top3", "wall_s"]
-    print(f"users {a.first_user}-{a.first_user + a.users - 1}, {a.draws} augmentation draws per candidate, {time.time() - t0:.0f} s\n")
-    print(markdown_table(rows, cols))
-    if a.json:
+    key = lambda j: json.dumps({k: j[k] for k in ("image_size", "batch_size", "task_label", "bn_mode", "n_users", "first_user",
+                                                    "draws")}, sort_keys=True)
+    done = {}
+    if a.json and os.path.exists(a.json):  # resume: rows already measured with the same settings are kept
+        with open(a.json) as f: done = {key(r): r for r in json.load(f) if "first_user" in r and "draws" in r}
+    def save():
+        if not a.json: return
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f: json.dump(rows, f, indent=1)
+        with open(a.json + ".tmp", "w") as f: json.dump([done[key(j)] for j in jobs if key(j) in done], f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
+    for j in jobs:  # training-mode BatchNorm needs more than one value per channel: B = 1 at 32 px has 1x1 maps
+        if j["bn_mode"] == "train" and j["batch_size"] == 1 and j["image_size"] <= 32:
+            done[key(j)] = dict(j, mean_rank=None, note="undefined: training-mode BatchNorm on one image with 1x1 maps")
+    todo = [j for j in jobs if key(j) not in done]
+    t0 = time.time()
+    with ProcessPoolExecutor(a.jobs) as pool:
+        futures = {pool.submit(one, j): j for j in todo}
+        for fut in as_completed(futures):
+            j = futures[fut]
+            done[key(j)] = dict(fut.result(), first_user=j["first_user"], draws=j["draws"]); save()
+            print(f"{len(done)}/{len(jobs)} settings done", flush=True)
+    rows = [done[key(j)] for j in jobs]
+    from diffula.retrieval import markdown_table
+    cols = ["image_size", "batch_size", "task_label", "bn_mode", "n_users", "mean_rank", "chance_rank", "top1", "top3", "wall_s",
+            "note"]
+    print(f"users {a.first_user}-{a.first_user + a.users - 1}, {a.draws} augmentation draws per candidate, "
+          f"{time.time() - t0:.0f} s\n")
+    print(markdown_table(rows, cols))
+    save()
     return rows
 
 

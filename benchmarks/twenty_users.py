@@ -8,7 +8,7 @@ and the same prior noise, so whatever it gets right comes from the prior and the
 
     python benchmarks/twenty_users.py                                  # users 0-19, both arms, 2 processes
     python benchmarks/twenty_users.py --first-user 40 --users 16       # users 40-55 (the users the demo was tuned on)
-    python benchmarks/twenty_users.py --set image_size=64 --set images_per_user=30 --jobs 2 --json out/u64.json
+    python benchmarks/twenty_users.py --set image_size=64 --set batch_size=30 --jobs 2 --json out/u64.json   # the paper's setting (slow)
     python benchmarks/twenty_users.py --device cuda --jobs 1
 
 Chance levels: gender 0.5, race 0.25 (4 balanced classes), age: the MAE of always answering the mean true age.

@@ -1,6 +1,4 @@
 """Tests for diffula.attack (Algorithm 1): config validation, augmented batch, the attack loop, Ctrl-C, seeds, bad input."""
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 import numpy as np
 import pytest

@@ -1,6 +1,4 @@
 """Tests for the `diffula` command line: options documented, assets checked before any work, one-line errors, one schema."""
-import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Tests for the case runner that a notebook cannot hold: killed runs resume without recomputing, Ray matches local."""
 import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 import signal
 import subprocess
