@@ -60,6 +60,9 @@ bench: $(RUNTIME)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/step_cost.py --prior synthfaces
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_prior_grad.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/signal_ceiling.py --quick
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/baselines_step_cost.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/users_per_run.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/explorer_redraw.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/twenty_users.py --json out/bench/twenty_users.json
 
 # Notebooks are the source: exporting and cleaning them must not change any tracked file.
