@@ -21,7 +21,7 @@ from .schedules import time_schedule, clip_schedule, layer_window
 
 # %% auto #0
 __all__ = ['AttackConfig', 'resolve_device', 'augmentation', 'augmented_batch', 'augmented_distance', 'AttackResult',
-           'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo']
+           'attack_labels', 'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo']
 
 # %% ../nbs/03_attack.ipynb #4ce03b23
 @dataclass
@@ -302,6 +302,28 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks):
         denoised = True
     else: x_fin = x_opt
     return to01(x_opt), to01(x_fin), history, snapshots, step, interrupted, denoised
+
+# %% ../nbs/03_attack.ipynb #57283a9f
+def attack_labels(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
+                  model:nn.Module, # the global model
+                  labels:Tensor|None=None, # (B,) labels the attacker was given, or None to recover them
+                  batch_size:int|None=None, # B, the client's batch size (needed to recover the labels)
+                  bn_mode:str="eval", # the threat model's BatchNorm mode
+                 )->tuple[Tensor, Tensor]: # (labels (B,), per-class counts (C,))
+    "The labels an attack matches with: given and checked, or recovered from ∇w (iDLG-style counts, stage 00)."
+    num_classes = getattr(model, "num_classes", None)
+    if labels is None:  # iDLG-style counts from the last-layer bias gradient
+        if batch_size is None:
+            raise ValueError("pass batch_size (B of the client's batch) to recover the labels, or labels=")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
+        counts = recover_labels(observed, model, int(batch_size), bn_mode=bn_mode)
+        return labels_from_counts(counts), counts
+    labels = torch.as_tensor(labels)
+    check_labels(labels, len(labels), num_classes or int(labels.max()) + 1)
+    if batch_size is not None and batch_size != len(labels):
+        raise ValueError(f"batch_size={batch_size} but {len(labels)} labels")
+    return labels, torch.bincount(labels, minlength=num_classes or 0)
 
 # %% ../nbs/03_attack.ipynb #2fb6cf37
 def diffula_attack(observed_gradients:Sequence[Tensor], # ∇w, one tensor per model parameter

@@ -17,10 +17,10 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file, safe_open
 from .data import data_dir
-from .formulation import (check_gradients, check_labels, check_bn_mode, recover_labels, labels_from_counts,
-                                  gradient_distance, candidate_gradient, total_variation, model_forward, BN_MODES)
+from .formulation import (check_gradients, check_bn_mode, gradient_distance, candidate_gradient, total_variation,
+                                 model_forward, BN_MODES)
 from .synthfaces import random_faces
-from .attack import resolve_device
+from .attack import resolve_device, attack_labels
 
 # %% auto #0
 __all__ = ['GEN_SIZE', 'GEN_WEIGHTS', 'GENERATOR_STREAM', 'PAPER_BUDGETS', 'FaceGenerator', 'FaceDiscriminator',
@@ -302,21 +302,7 @@ def _setup(observed, model, c, labels, batch_size):
     device = resolve_device(c.device)
     if next(model.parameters()).device != device: model = copy.deepcopy(model).to(device)
     observed = [g.detach().to(device) for g in observed]
-    num_classes = getattr(model, "num_classes", None)
-    if labels is None:
-        if batch_size is None:
-            raise ValueError("pass batch_size (B of the client's batch) to recover the labels, or labels=")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
-        # iDLG-style counts from the bias gradient
-        counts = recover_labels(observed, model, int(batch_size), bn_mode=c.bn_mode)
-        labels = labels_from_counts(counts)
-    else:
-        labels = torch.as_tensor(labels)
-        check_labels(labels, len(labels), num_classes or int(labels.max()) + 1)
-        if batch_size is not None and batch_size != len(labels):
-            raise ValueError(f"batch_size={batch_size} but {len(labels)} labels")
-        counts = torch.bincount(labels, minlength=num_classes or 0)
+    labels, counts = attack_labels(observed, model, labels, batch_size, c.bn_mode)  # given, or recovered from ∇w
     size = getattr(model, "input_size", None)
     if size is None:
         raise ValueError("the model needs an `input_size` attribute (the image size of the federated task)")
