@@ -102,7 +102,8 @@ def build_parser()->argparse.ArgumentParser:
                                    "Defaults: the demo's setting.")
     t.add_argument("--users", type=int, default=20, help="number of users (default 20)")
     t.add_argument("--first-user", type=int, default=0, help="first user index (default 0)")
-    t.add_argument("--methods", default="diffula,control", help="comma-separated methods (default diffula,control)")
+    t.add_argument("--methods", default="diffula,control",
+                   help=f"comma-separated, of: {', '.join(METHODS)} (default diffula,control)")
     t.add_argument("--executor", default="local", choices=("local", "ray"),
                    help="local processes or Ray tasks (default local)")
     t.add_argument("--jobs", type=int, default=1, help="parallel cases (local processes or local Ray CPUs; default 1)")
