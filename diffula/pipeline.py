@@ -175,7 +175,8 @@ def _baseline_output(res:BaselineResult)->MethodOutput:
     budget = dict(steps=b["steps"], restarts=b.get("restarts_run", 1), wall_s=b["wall_time_s"],
                   s_per_step=b["s_per_step"], fed_forward=b["model_forward"], fed_backward=b["model_backward"],
                   prior_forward=b["generator_forward"], prior_backward=b["generator_backward"])
-    return MethodOutput(res.images, res.labels, asdict(res.config), budget, res.interrupted, res)
+    config = {**asdict(res.config), "steps": res.config.steps}  # GIAS: latent_steps + param_steps
+    return MethodOutput(res.images, res.labels, config, budget, res.interrupted, res)
 
 def case_generator(case:Case):
     "GIAS's generator (the shipped SynthFaces one), loaded once per process."
