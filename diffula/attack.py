@@ -345,18 +345,7 @@ def diffula_attack(observed_gradients:Sequence[Tensor], # ∇w, one tensor per m
     if next(model.parameters()).device != device: model = copy.deepcopy(model).to(device)
     if prior.device != device: prior = copy.deepcopy(prior).to(device)
     observed = [g.detach().to(device) for g in observed_gradients]
-    num_classes = getattr(model, "num_classes", None)
-    if labels is None:  # iDLG-style counts from the last-layer bias gradient
-        if batch_size is None:
-            raise ValueError("pass batch_size (B of the client's batch) to recover the labels, or labels=")
-        counts = recover_labels(observed, model, int(batch_size), bn_mode=c.bn_mode)
-        labels = labels_from_counts(counts)
-    else:
-        labels = torch.as_tensor(labels)
-        check_labels(labels, len(labels), num_classes or int(labels.max()) + 1)
-        if batch_size is not None and batch_size != len(labels):
-            raise ValueError(f"batch_size={batch_size} but {len(labels)} labels")
-        counts = torch.bincount(labels, minlength=num_classes or 0)
+    labels, counts = attack_labels(observed, model, labels, batch_size, c.bn_mode)
     labels = labels.to(device)
     t0 = time.perf_counter()
     runs, scores = [], []
