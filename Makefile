@@ -112,3 +112,12 @@ browser-test: $(STAMP)
 	  $(BIN)/python -m pip install -q -c $(VENV)/constraints.txt playwright pyee || exit 1; \
 	echo "browser-test: $$("$$chrome" --version 2>/dev/null | head -1), playwright $$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("playwright"))')"; \
 	DIFFULA_BROWSER_TEST=1 CHROMIUM="$$chrome" OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/browser -q -s -p no:cacheprovider
+
+# Re-execute stage notebooks in place (all cells but #| slow and #| cuda, which keep their committed outputs), then
+# clean them: make notebooks NBS="03_attack 04b_pipeline"
+NBS ?=
+.PHONY: notebooks
+notebooks: $(STAMP)
+	@test -n "$(NBS)" || { echo 'name the notebooks: make notebooks NBS="03_attack 04_evaluation"'; exit 2; }
+	$(BIN)/python nbs/_execute.py $(NBS)
+	$(BIN)/nbdev_clean

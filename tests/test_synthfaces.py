@@ -1,5 +1,5 @@
 """SynthFaces evaluators (diffula.synthevals): accuracy on a draw of fresh users, clean and degraded, against the
-numbers measured in nbs/00b1_synthevals.ipynb. The renderer, users and labels are asserted in nbs/00b_synthfaces.ipynb,
+numbers measured in nbs/00c_synthevals.ipynb. The renderer, users and labels are asserted in nbs/00b_synthfaces.ipynb,
 the shipped prior in nbs/01_ddpm_prior.ipynb and nbs/01b_synthprior.ipynb."""
 import pytest
 import torch
@@ -9,7 +9,7 @@ from diffula.synthevals import Evaluators, evaluate_evaluators
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-# measured in nbs/00b1_synthevals.ipynb on 100 fresh users x 4 images (data/synthfaces_evaluators.json):
+# measured in nbs/00c_synthevals.ipynb on 100 fresh users x 4 images (data/synthfaces_evaluators.json):
 # clean gender 0.990, race 0.995, age MAE 2.42 y, cos same/diff 0.957/0.000, AUC 0.994, faces passed 1.000,
 # non-faces rejected 1.000; noise 0.1: 0.985 / 0.988 / 2.57 y / AUC 0.992 / faces 1.000 / non-faces 0.993;
 # blur 1 px: 0.983 / 0.998 / 2.48 y / AUC 0.994 / 1.000 / 1.000. Asserted with a margin on a smaller, different draw.
