@@ -14,14 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 import kornia.augmentation as K
-from .formulation import (check_gradients, recover_labels, labels_from_counts, model_layers, gradient_distance,
-                                  candidate_gradient, check_labels, BN_MODES, model_forward)
+from .formulation import (check_gradients, model_layers, gradient_distance,
+                                  candidate_gradient, BN_MODES, model_forward)
 from .prior import DiffusionPrior
+from .data import resolve_device
+from .attack_core import AttackResult, Budget, Run, attack_labels, step_loop, run_restarts
 from .schedules import time_schedule, clip_schedule, layer_window
 
 # %% auto #0
-__all__ = ['AttackConfig', 'resolve_device', 'augmentation', 'augmented_batch', 'augmented_distance', 'AttackResult',
-           'attack_labels', 'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo']
+__all__ = ['AttackConfig', 'augmentation', 'augmented_batch', 'augmented_distance', 'to_model_size', 'diffula_attack',
+           'plot_progress', 'plot_history', 'plot_demo']
 
 # %% ../nbs/03_attack.ipynb #4ce03b23
 @dataclass
@@ -62,7 +64,7 @@ class AttackConfig:
     progress: bool = True  # show a tqdm progress bar
 
     @classmethod
-    def cpu_demo(cls, **kw)->AttackConfig:
+    def cpu(cls, **kw)->AttackConfig:
         ("480 steps (η = 2.5: the schedules compressed from 4,000 steps), Jacobian-free g_p: "
          "about 2 minutes on one CPU core at 32 px, B = 8.")
         return cls(**{**dict(steps=480, lr=2.5, snapshot_every=80, prior_grad="jacobian_free"), **kw})
@@ -129,15 +131,6 @@ class AttackConfig:
                            self.window_end_frac, self.window_alpha)
         return tau, zeta, win
 
-# %% ../nbs/03_attack.ipynb #d46cd418
-def resolve_device(device:str|torch.device)->torch.device:
-    "A torch.device, with a clear error when CUDA is asked for but absent."
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} was asked for but CUDA is not available here "
-                           f"(torch {torch.__version__}); use device='cpu'")
-    return device
-
 # %% ../nbs/03_attack.ipynb #8e4e92c9
 def augmentation(config:AttackConfig)->nn.Module:
     ("T of Eq. 7 (Appendix C): noise injection, colour jitter, perspective and blur, each with its probability; "
@@ -185,8 +178,6 @@ def augmented_distance(x:Tensor, # (1,3,R,R) candidate image in [0, 1] (any size
     return float(np.mean(ds))
 
 # %% ../nbs/03_attack.ipynb #24a05657
-_KEYS = ("step", "tau", "zeta", "grad_distance", "prior_loss", "norm_gp", "norm_ggm", "norm_ggm_clipped", "clipped")
-
 def _check_prior(prior, model):
     if not isinstance(prior, DiffusionPrior):
         raise ValueError(f"prior must be a diffula.prior.DiffusionPrior (use load_prior), got {type(prior).__name__}")
@@ -208,125 +199,72 @@ def _prior_step(prior, x0, t, noise, full):
     return g, float(g.pow(2).sum()/(4*abar))                       # ‖ε - ε_θ‖² recovered from g
 
 # %% ../nbs/03_attack.ipynb #b29a4b2b
-@dataclass
-class AttackResult:
-    "What `diffula_attack` returns: the reconstruction before/after denoising, the labels used, and the history."
-    x_opt: Tensor  # (1,3,R,R) the optimised x0 of Algorithm 1, in [0, 1] at the prior's resolution
-    x_final: Tensor  # (1,3,R,R) after DDPM denoising from t* (= x_opt when denoising was skipped), in [0, 1]
-    labels: Tensor  # (B,) labels of the augmented batch
-    label_counts: Tensor  # (C,) per-class counts
-    history: dict  # per step: step, tau, zeta, grad_distance, prior_loss, norm_gp, norm_ggm, norm_ggm_clipped, clipped
-    snapshots: list  # [(step, (1,3,R,R) x0 in [0, 1])], every `snapshot_every` steps and the last step
-    config: AttackConfig
-    wall_time: float  # seconds, optimisation plus denoising
-    steps_done: int  # optimisation steps completed
-    interrupted: bool = False  # True when Ctrl-C stopped the optimisation early
-    denoised: bool = False  # True when x_final went through the denoising chain
-    input_size: int | None = None  # the federated model's input size
-    seed: int | None = None  # the seed of the returned run (config.seed + the chosen restart)
-    restart_distances: list = field(default_factory=list)  # augmented_distance per restart's final image (restarts > 1)
-
-    def at_model_size(self, which:str="final", size:int|None=None)->Tensor:
-        "The reconstruction ('final' or 'opt') resized to the federated model's resolution (or `size`)."
-        x = {"final": self.x_final, "opt": self.x_opt}[which]
-        size = size or self.input_size or x.shape[-1]
-        return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                                              antialias=size < x.shape[-1]).clamp(0, 1)
-
-    def series(self, key:str)->np.ndarray:
-        "One history column as a numpy array."
-        return np.asarray(self.history[key])
-
-    def __repr__(self):
-        h = self.history
-        last = f", d={h['grad_distance'][-1]:.3f}" if h["grad_distance"] else ""
-        return (f"AttackResult({self.steps_done}/{self.config.steps} steps"
-                f"{', interrupted' if self.interrupted else ''}, "
-                f"B={len(self.labels)}, {self.x_final.shape[-1]}px, denoised={self.denoised}{last}, "
-                f"{self.wall_time:.1f}s)")
+def to_model_size(x:Tensor, # (N,3,R,R) images in [0, 1]
+                  size:int, # the federated model's input size
+                 )->Tensor:
+    "Images resized (antialiased when shrinking) to the federated model's input size, kept in [0, 1]."
+    if x.shape[-1] == size: return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < x.shape[-1]).clamp(0, 1)
 
 # %% ../nbs/03_attack.ipynb #7561e53b
-def _run_once(observed, model, prior, c, labels, layers, seed, callbacks):
+def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget)->Run:
     "One run of Algorithm 1 from `seed`: x0 and every ε from one generator, T's draws from another, so that the "
     "prior-only control (gm_weight = 0, which skips g_gm) sees exactly the attack's x0 and ε."
     device, B, size = prior.device, len(labels), getattr(model, "input_size", None) or prior.resolution
-    # τ's noise: this run's seed
-    tau, zeta, window = replace(c, seed=seed).schedules(len(layers), prior.num_train_timesteps)
+    tau, zeta, window = replace(c, seed=seed).schedules(len(layers), prior.num_train_timesteps)  # τ's noise: this seed
     transform, full = augmentation(c), c.prior_grad == "full"
-    history = {k: [] for k in _KEYS}
-    snapshots, interrupted, step = [], False, 0
     to01 = lambda x: ((x.detach() + 1)/2).clamp(0, 1).cpu()
     gen = torch.Generator(device).manual_seed(seed)                  # x0 and ε
     torch.manual_seed(seed + 7919)                                  # T's draws (kornia uses torch's global generator)
     x0 = torch.randn(1, 3, prior.resolution, prior.resolution, generator=gen, device=device)  # x0 ~ N(0, I), (1,3,R,R)
-    bar = tqdm(range(c.steps), disable=not c.progress, desc="DiffULA" if c.gm_weight else "prior only")
-    try:
-        for i in bar:
-            t = int(tau[i])
-            noise = torch.randn(x0.shape, generator=gen, device=device)     # ε ~ N(0, I)
-            # x_τ = √ᾱ x0 + √(1-ᾱ) ε; g_p (Eq. 13/14)
-            g_p, prior_loss = _prior_step(prior, x0, t, noise, full)
-            if c.gm_weight > 0:
-                with torch.enable_grad():
-                    x = x0.detach().requires_grad_(True)
-                    batch = augmented_batch(x, B, transform, size)          # A(x0) (Eq. 7), (B,3,size,size) in [0,1]
-                    d = gradient_distance(candidate_gradient(model, batch, labels, c.bn_mode), observed, c.distance,
-                                          layer_weights=window[i], layers=layers)  # d(F(A(x0)), ∇w), windowed
-                    (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
-                d = float(d.detach())
-            else: g_gm, d = torch.zeros_like(x0), float("nan")          # the prior-only control: no gradient at all
-            n_p, n_gm = g_p.norm(), g_gm.norm()
-            scale = torch.clamp(n_gm/(zeta[i]*n_p).clamp_min(1e-30), min=1.0)
-            g_gm = g_gm/scale                                           # g_gm / max(1, ‖g_gm‖ / (ζ ‖g_p‖))
-            x0 = x0 - c.lr*(g_p + g_gm)                                 # gradient descent on Eq. 14
-            rec = dict(step=i, tau=t, zeta=float(zeta[i]), grad_distance=d, prior_loss=prior_loss, norm_gp=float(n_p),
-                       norm_ggm=float(n_gm), norm_ggm_clipped=float(n_gm/scale), clipped=bool(scale > 1))
-            for k in _KEYS: history[k].append(rec[k])
-            step = i + 1
-            if c.snapshot_every and (step % c.snapshot_every == 0 or step == c.steps):
-                snapshots.append((step, to01(x0)))
-            if not torch.isfinite(x0).all() or (c.gm_weight > 0 and not math.isfinite(d)):
-                raise FloatingPointError(f"the attack diverged at step {i} (non-finite values): lower lr (now {c.lr})")
-            for cb in callbacks: cb(i, x0, rec)
-            if c.progress and i % 10 == 0: bar.set_postfix(d=f"{d:.3f}", tau=t)
-    except KeyboardInterrupt:
-        interrupted = True                                              # keep everything up to the last full step
-    finally: bar.close()
-    if interrupted and c.snapshot_every and (not snapshots or snapshots[-1][0] != step):
-        snapshots.append((step, to01(x0)))
+    history, snapshots = {}, []
+
+    def step(i):
+        nonlocal x0
+        t = int(tau[i])
+        noise = torch.randn(x0.shape, generator=gen, device=device)     # ε ~ N(0, I)
+        g_p, prior_loss = _prior_step(prior, x0, t, noise, full)        # g_p (Eq. 13/14) at x_τ = √ᾱ x0 + √(1-ᾱ) ε
+        budget.prior(1, backward=full)
+        if c.gm_weight > 0:
+            with torch.enable_grad():
+                x = x0.detach().requires_grad_(True)
+                batch = augmented_batch(x, B, transform, size)          # A(x0) (Eq. 7), (B,3,size,size) in [0,1]
+                d = gradient_distance(candidate_gradient(model, batch, labels, c.bn_mode), observed, c.distance,
+                                      layer_weights=window[i], layers=layers)  # d(F(A(x0)), ∇w), windowed
+                (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
+            d = float(d.detach()); budget.model(B)
+        else: g_gm, d = torch.zeros_like(x0), float("nan")          # the prior-only control: no gradient at all
+        n_p, n_gm = g_p.norm(), g_gm.norm()
+        scale = torch.clamp(n_gm/(zeta[i]*n_p).clamp_min(1e-30), min=1.0)
+        g_gm = g_gm/scale                                           # g_gm / max(1, ‖g_gm‖ / (ζ ‖g_p‖))
+        x0 = x0 - c.lr*(g_p + g_gm)                                 # gradient descent on Eq. 14
+        return dict(step=i, tau=t, zeta=float(zeta[i]), grad_distance=d, prior=prior_loss, norm_gp=float(n_p),
+                    norm_ggm=float(n_gm), norm_ggm_clipped=float(n_gm/scale), clipped=bool(scale > 1)), x0
+
+    def snapshot(done):
+        if c.snapshot_every and (done % c.snapshot_every == 0 or done == c.steps): snapshots.append((done, to01(x0)))
+
+    steps, interrupted = step_loop(c.steps, step, history, "DiffULA" if c.gm_weight else "prior only", c.progress,
+                                   callbacks, check=("grad_distance",) if c.gm_weight > 0 else (),
+                                   hint=f"lower lr (now {c.lr})", snapshot=snapshot)
+    budget.steps += steps
+    if interrupted and c.snapshot_every and (not snapshots or snapshots[-1][0] != steps):
+        snapshots.append((steps, to01(x0)))
     x_opt, denoised = x0.detach(), False
     if c.t_star is not None and (not interrupted or c.denoise_on_interrupt):
         dgen = torch.Generator(device).manual_seed(seed + 104729)       # z of the denoising chain
         # x_{t*} ← x0
-        x_fin = prior.denoise(x_opt, c.t_star, method=c.denoise_method, progress=c.progress, generator=dgen)
+        count = prior.eps_model.register_forward_hook(lambda m, args, out: budget.prior(len(args[0])))
+        try: x_fin = prior.denoise(x_opt, c.t_star, method=c.denoise_method, progress=c.progress, generator=dgen)
+        finally: count.remove()
         denoised = True
     else: x_fin = x_opt
-    return to01(x_opt), to01(x_fin), history, snapshots, step, interrupted, denoised
-
-# %% ../nbs/03_attack.ipynb #57283a9f
-def attack_labels(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
-                  model:nn.Module, # the global model
-                  labels:Tensor|None=None, # (B,) labels the attacker was given, or None to recover them
-                  batch_size:int|None=None, # B, the client's batch size (needed to recover the labels)
-                  bn_mode:str="eval", # the threat model's BatchNorm mode
-                 )->tuple[Tensor, Tensor]: # (labels (B,), per-class counts (C,))
-    "The labels an attack matches with: given and checked, or recovered from ∇w (iDLG-style counts, stage 00)."
-    num_classes = getattr(model, "num_classes", None)
-    if labels is None:  # iDLG-style counts from the last-layer bias gradient
-        if batch_size is None:
-            raise ValueError("pass batch_size (B of the client's batch) to recover the labels, or labels=")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
-        counts = recover_labels(observed, model, int(batch_size), bn_mode=bn_mode)
-        return labels_from_counts(counts), counts
-    labels = torch.as_tensor(labels)
-    check_labels(labels, len(labels), num_classes or int(labels.max()) + 1)
-    if batch_size is not None and batch_size != len(labels):
-        raise ValueError(f"batch_size={batch_size} but {len(labels)} labels")
-    return labels, torch.bincount(labels, minlength=num_classes or 0)
+    return Run(dict(x_opt=to01(x_opt), x_final=to01(x_fin), denoised=denoised), history, snapshots, steps,
+               interrupted, seed)
 
 # %% ../nbs/03_attack.ipynb #2fb6cf37
-def diffula_attack(observed_gradients:Sequence[Tensor], # ∇w, one tensor per model parameter
+def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
                    model:nn.Module, # the federated model f_w (its `input_size` sets the resize)
                    prior:DiffusionPrior, # pretrained DDPM ε_θ (from `load_prior`)
                    config:AttackConfig|None=None, # knobs of Algorithm 1 (default: the paper's)
@@ -336,35 +274,28 @@ def diffula_attack(observed_gradients:Sequence[Tensor], # ∇w, one tensor per m
                   )->AttackResult:
     ("Algorithm 1: user-level gradient inversion with a diffusion prior; "
      "one representative image x̂ for the whole batch.")
-    config = (config or AttackConfig()).validate(
-        prior.num_train_timesteps if isinstance(prior, DiffusionPrior) else 1000)
-    c = config
+    c = (config or AttackConfig()).validate(prior.num_train_timesteps if isinstance(prior, DiffusionPrior) else 1000)
     _check_prior(prior, model)
-    check_gradients(observed_gradients, model)
+    check_gradients(observed, model)
     device = resolve_device(c.device)
     if next(model.parameters()).device != device: model = copy.deepcopy(model).to(device)
     if prior.device != device: prior = copy.deepcopy(prior).to(device)
-    observed = [g.detach().to(device) for g in observed_gradients]
+    observed = [g.detach().to(device) for g in observed]
     labels, counts = attack_labels(observed, model, labels, batch_size, c.bn_mode)
-    labels = labels.to(device)
-    t0 = time.perf_counter()
-    runs, scores = [], []
+    labels, budget, t0 = labels.to(device), Budget(), time.perf_counter()
+    def score(run):                                                 # the attacker's own criterion: no private data
+        for _ in range(c.select_draws): budget.model(len(labels), backward=1)
+        return augmented_distance(run.state["x_final"], observed, model, labels, c, c.select_draws, seed=c.seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is untouched
         layers = model_layers(model)
-        for r in range(c.restarts):
-            run = _run_once(observed, model, prior, c, labels, layers, c.seed + r, callbacks)
-            if run[5] and runs: break  # Ctrl-C during a later restart: keep the finished ones
-            runs.append(run)
-            if run[5]: break                                            # Ctrl-C during the first: its partial result
-        if len(runs) > 1:                                               # the attacker's own criterion: no private data
-            scores = [augmented_distance(run[1], observed, model, labels, c, c.select_draws, seed=c.seed)
-                      for run in runs]
-    best = int(np.argmin(scores)) if scores else 0
-    x_opt, x_fin, history, snapshots, step, interrupted, denoised = runs[best]
+        best, runs, scores = run_restarts(
+            lambda seed: _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget),
+            c.restarts, c.seed, score)
+    budget.restarts, budget.wall_s = len(runs), time.perf_counter() - t0
     size = getattr(model, "input_size", None) or prior.resolution
-    return AttackResult(x_opt, x_fin, labels.cpu(), counts.cpu(), history, snapshots, c, time.perf_counter() - t0, step,
-                        interrupted, denoised, size, seed=c.seed + best, restart_distances=scores)
-
+    return AttackResult("diffula" if c.gm_weight > 0 else "control", to_model_size(best.state["x_final"], size),
+                        labels.cpu(), counts.cpu(), best.history, best.snapshots, budget, c, best.steps,
+                        best.interrupted, best.seed, scores, extras={**best.state, "input_size": size})
 
 # %% ../nbs/03_attack.ipynb #711d46c6
 def _img(ax, x, title=None):
@@ -394,7 +325,7 @@ def plot_history(result:AttackResult, # from `diffula_attack`
     h, s = result.history, np.asarray(result.history["step"])
     fig, ax = plt.subplots(1, 4, figsize=(13, 2.8), dpi=dpi)
     ax[0].plot(s, h["grad_distance"], lw=0.8); ax[0].set_title("gradient distance d (cosine)")
-    ax[1].plot(s, h["prior_loss"], lw=0.8, color="C1")
+    ax[1].plot(s, h["prior"], lw=0.8, color="C1")
     ax[1].set_title(r"prior loss $\|\epsilon-\epsilon_\theta\|^2$"); ax[1].set_yscale("log")
     ax[2].plot(s, h["norm_gp"], lw=0.8, label=r"$\|g_p\|$")
     ax[2].plot(s, h["norm_ggm"], lw=0.6, alpha=0.6, label=r"$\|g_{gm}\|$ raw")

@@ -4,275 +4,28 @@
 
 # %% ../nbs/03a_baselines.ipynb #e33945b1
 from __future__ import annotations
-import copy, json, math, os, platform, tempfile, time
-from dataclasses import dataclass, field, asdict, replace
-from pathlib import Path
+import copy, math, time
+from dataclasses import dataclass, asdict, replace
 from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
-from tqdm.auto import tqdm
-from safetensors.torch import save_file, load_file, safe_open
-from .data import data_dir
-from .formulation import (check_gradients, check_bn_mode, gradient_distance, candidate_gradient, total_variation,
-                                 model_forward, BN_MODES)
-from .synthfaces import random_faces
-from .attack import resolve_device, attack_labels
+from .data import resolve_device
+from .formulation import check_gradients, gradient_distance, candidate_gradient, total_variation, model_forward, BN_MODES
+from .generator import load_generator
+from .attack_core import AttackResult, Budget, Run, attack_labels, step_loop, run_restarts
 
 # %% auto #0
-__all__ = ['GEN_SIZE', 'GEN_WEIGHTS', 'GENERATOR_STREAM', 'PAPER_BUDGETS', 'FaceGenerator', 'FaceDiscriminator',
-           'train_generator', 'load_generator', 'sample_generator', 'generator_quality', 'BaselineResult', 'IGConfig',
-           'inverting_gradients', 'GIASConfig', 'gias']
-
-# %% ../nbs/03a_baselines.ipynb #ee63baf6
-GEN_SIZE = 32  # side of the SynthFaces generator's images (px)
-# file under data_dir(); training info and sample quality in the .json beside it
-GEN_WEIGHTS = "synthfaces_generator.safetensors"
-# first entropy word of the generator's face stream:
-# step k renders random_faces(default_rng([GENERATOR_STREAM, seed, k]))
-GENERATOR_STREAM = 70_331
-
-class FaceGenerator(nn.Module):
-    "DCGAN-style generator G(z): (N, z_dim) latents → (N, 3, size, size) images in [0, 1]."
-    def __init__(self, z_dim:int=128, # latent dimension
-                 width:int=256, # channels at 4×4 (halved at each upsampling)
-                 size:int=GEN_SIZE, # output side (px): 4·2^k
-                ):
-        super().__init__()
-        n_up = int(math.log2(size // 4))
-        if 4 * 2**n_up != size: raise ValueError(f"size must be 4·2^k (8, 16, 32, 64, ...), got {size}")
-        if width // 2**n_up < 1: raise ValueError(f"width {width} is too small for {n_up} upsamplings")
-        self.z_dim, self.width, self.size = z_dim, width, size
-        self.fc = nn.Linear(z_dim, 16 * width)
-        blocks, c = [], width
-        for _ in range(n_up):
-            blocks += [nn.BatchNorm2d(c), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
-                       nn.Conv2d(c, c // 2, 3, 1, 1)]
-            c //= 2
-        self.body = nn.Sequential(*blocks, nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 3, 3, 1, 1))
-
-    def forward(self, z:Tensor)->Tensor:
-        x = self.body(self.fc(z).view(len(z), self.width, 4, 4))  # (N, 3, size, size)
-        return (torch.tanh(x) + 1) / 2  # [-1, 1] → [0, 1]
-
-    @property
-    def arch(self)->dict: return dict(z_dim=self.z_dim, width=self.width, size=self.size)
-
-class FaceDiscriminator(nn.Module):
-    "SNGAN-style discriminator D(x): (N, 3, size, size) images in [0, 1] → (N,) scores; spectral norm on every layer."
-    def __init__(self, width:int=32, # channels of the first layer (doubled at each downsampling)
-                 size:int=GEN_SIZE, # input side (px)
-                ):
-        super().__init__()
-        SN, layers, c = nn.utils.spectral_norm, [], width
-        layers += [SN(nn.Conv2d(3, c, 3, 1, 1)), nn.LeakyReLU(0.1)]
-        s = size
-        while s > 4:
-            layers += [SN(nn.Conv2d(c, 2 * c, 4, 2, 1)), nn.LeakyReLU(0.1)]
-            c, s = 2 * c, s // 2
-            if s > 4: layers += [SN(nn.Conv2d(c, c, 3, 1, 1)), nn.LeakyReLU(0.1)]
-        self.body, self.fc = nn.Sequential(*layers), SN(nn.Linear(c * 16, 1))
-
-    def forward(self, x:Tensor)->Tensor: return self.fc(self.body(x * 2 - 1).flatten(1))[:, 0]  # (N,)
-
-# %% ../nbs/03a_baselines.ipynb #b300224b
-def _hardware(device)->str:
-    if str(device).startswith("cuda"): return torch.cuda.get_device_name(0)
-    return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-            f"torch threads {torch.get_num_threads()}")
-
-@torch.no_grad()
-def standing_stats(G:FaceGenerator, n:int=512, batch:int=128, seed:int=0)->FaceGenerator:
-    ("Recompute G's BatchNorm running statistics as plain averages over `n` samples (Brock et al. 2019); "
-     "returns G in eval mode.")
-    bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
-    old = [m.momentum for m in bns]
-    for m in bns: m.reset_running_stats(); m.momentum = None  # cumulative average
-    g, dev = torch.Generator().manual_seed(seed), next(G.parameters()).device
-    G.train()
-    for k in range(0, n, batch): G(torch.randn(min(batch, n - k), G.z_dim, generator=g).to(dev))
-    for m, mo in zip(bns, old): m.momentum = mo
-    return G.eval()
-
-def _save_generator(G:FaceGenerator, path:Path, training:dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}, str(tmp),
-              metadata={k: str(v) for k, v in G.arch.items()})
-    os.replace(tmp, path)
-    info_path = path.with_suffix(".json")
-    # sample quality is measured anew for new weights
-    info_path.write_text(json.dumps(dict(training=training), indent=1))
-
-# %% ../nbs/03a_baselines.ipynb #30765fe4
-def train_generator(path:str|Path|None=None, # weights file (default data_dir()/GEN_WEIGHTS); info in .json beside it
-                    steps:int=3000, # generator steps (one discriminator step each)
-                    batch_size:int=32, # fresh faces (and latents) per step
-                    lr:float=2e-4, # Adam learning rate of G and D (SNGAN)
-                    betas:tuple=(0.5, 0.999), # Adam betas (SNGAN's standard-CNN setting)
-                    ema_decay:float=0.999, # EMA of G's weights (what ships)
-                    seed:int=0, # seed of the face stream, the init and the latents
-                    z_dim:int=128, # latent dimension
-                    width:int=256, # G's channels at 4×4
-                    d_width:int=32, # D's first-layer channels
-                    size:int=GEN_SIZE, # image side (px)
-                    device:str="cpu", # 'cpu' or 'cuda'
-                    save_every:int=200, # checkpoint (state + shipped weights) every so many steps
-                    log_every:int=25, # log mean losses every so many steps
-                    state_path:str|Path|None=None, # resumable training state (default: a file in the temp dir)
-                    resume:bool=True, # continue from `state_path` when it exists
-                    threads:int|None=None, # torch CPU threads (None: leave as is)
-                    stop_at:int|None=None, # stop (and save) after this many steps
-                    progress:bool=True, # show a progress bar
-                   )->Path:
-    "Train the SynthFaces generator (DCGAN G, spectral-norm D, hinge loss) and save its EMA weights as safetensors."
-    if threads: torch.set_num_threads(threads)
-    device = resolve_device(device)
-    path = Path(path) if path is not None else data_dir()/GEN_WEIGHTS
-    state_path = (Path(state_path) if state_path
-                  else Path(tempfile.gettempdir())/f"diffula_generator_s{seed}_{size}px_w{width}.pt")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        G, D = FaceGenerator(z_dim, width, size).to(device), FaceDiscriminator(d_width, size).to(device)
-    ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g, opt_d = torch.optim.Adam(G.parameters(), lr, betas=betas), torch.optim.Adam(D.parameters(), lr, betas=betas)
-    start, wall, log = 0, 0.0, dict(d_loss=[], g_loss=[], d_real=[], d_fake=[])
-    if resume and state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=False)
-        for m, k in ((G, "G"), (D, "D"), (ema, "ema"), (opt_g, "opt_g"), (opt_d, "opt_d")): m.load_state_dict(st[k])
-        start, wall, log = st["step"], st["wall"], st["log"]
-    def info(k): return dict(steps_done=k, steps=steps, batch_size=batch_size, lr=lr, betas=list(betas),
-                             ema_decay=ema_decay, seed=seed,
-                             stream=f"random_faces(batch_size, np.random.default_rng([{GENERATOR_STREAM}, {seed}, k]), "
-                                    f"{size})",
-                             arch=G.arch, d_width=d_width, n_params=sum(p.numel() for p in G.parameters()),
-                             n_params_discriminator=sum(p.numel() for p in D.parameters()), wall_s=round(wall, 1),
-                             images_per_s=round(k * batch_size / max(wall, 1e-9), 2), device=str(device),
-                             hardware=_hardware(device), torch=torch.__version__, log_every=log_every,
-                             log={n: [round(v, 4) for v in l] for n, l in log.items()},
-                             command=f"diffula.baselines.train_generator(steps={steps}, stop_at={k}, "
-                                     f"batch_size={batch_size}, seed={seed}, device='{device.type}')")
-    def checkpoint(k):
-        _save_generator(standing_stats(copy.deepcopy(ema), seed=seed), path, info(k))
-        torch.save(dict(G=G.state_dict(), D=D.state_dict(), ema=ema.state_dict(), opt_g=opt_g.state_dict(),
-                        opt_d=opt_d.state_dict(), step=k, wall=wall, log=log), state_path)
-    end, run = min(steps, stop_at or steps), {n: [] for n in log}
-    G.train(); D.train(); t0, last = time.time(), start
-    bar = tqdm(range(start, end), disable=not progress, desc="generator")
-    try:
-        for k in bar:
-            rng = np.random.default_rng([GENERATOR_STREAM, seed, k])
-            x, _ = random_faces(batch_size, rng, size)  # (N, 3, size, size) in [0, 1], fresh users
-            flip = torch.as_tensor(rng.random(batch_size) < 0.5)[:, None, None, None]
-            x = torch.where(flip, x.flip(-1), x).to(device)
-            gz = torch.Generator().manual_seed(seed * 1_000_003 + k)
-            z1, z2 = torch.randn(2, batch_size, z_dim, generator=gz).to(device)
-            with torch.no_grad(): fake = G(z1)
-            d_real, d_fake = D(x), D(fake)
-            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()  # L_D (hinge)
-            opt_d.zero_grad(set_to_none=True); loss_d.backward(); opt_d.step()
-            loss_g = -D(G(z2)).mean()  # L_G
-            opt_g.zero_grad(set_to_none=True); loss_g.backward(); opt_g.step()
-            d = min(ema_decay, (1 + k) / (10 + k))
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), G.parameters()): pe.lerp_(p, 1 - d)
-                for be, b in zip(ema.buffers(), G.buffers()): be.copy_(b)
-            for n, v in zip(run, (loss_d, loss_g, d_real.mean(), d_fake.mean())): run[n].append(v.item())
-            if (k + 1) % log_every == 0 or k + 1 == end:
-                wall += time.time() - t0; t0 = time.time()
-                for n in log: log[n].append(float(np.mean(run[n]))); run[n] = []
-                bar.set_postfix(d=f"{log['d_loss'][-1]:.3f}", g=f"{log['g_loss'][-1]:.3f}")
-            if (k + 1) % save_every == 0 or k + 1 == end: checkpoint(k + 1); last = k + 1
-    except KeyboardInterrupt:  # the last checkpoint stands; a resumed run repeats the steps after it exactly
-        print(f"train_generator: interrupted; resume continues from the checkpoint at step {last} ({state_path})")
-    finally: bar.close()
-    return path
-
-# %% ../nbs/03a_baselines.ipynb #e2aa9b06
-def load_generator(path:str|Path|None=None, # safetensors file (default data_dir()/synthfaces_generator.safetensors)
-                   device:str="cpu", # where the generator goes
-                  )->FaceGenerator:
-    "Load the SynthFaces generator (by default the shipped one) in eval mode, parameters frozen."
-    path = Path(path) if path is not None else data_dir()/GEN_WEIGHTS
-    if not path.exists():
-        raise FileNotFoundError(f"SynthFaces generator weights not found: {path}. Regenerate them with "
-                                "`diffula.baselines.train_generator()` (the #| slow cell of nbs/03a_baselines.ipynb; "
-                                "about 45 min on one CPU thread, minutes on a GPU)")
-    with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
-    if not {"z_dim", "width", "size"} <= set(meta):
-        raise ValueError(f"{path} is not a FaceGenerator file written by train_generator "
-                         "(no z_dim/width/size metadata)")
-    # init draws: the caller's RNG is untouched
-    with torch.random.fork_rng(devices=[]): G = FaceGenerator(**{k: int(meta[k]) for k in ("z_dim", "width", "size")})
-    G.load_state_dict(load_file(str(path)))
-    return G.to(resolve_device(device)).eval().requires_grad_(False)
-
-@torch.no_grad()
-def sample_generator(G:nn.Module, # a generator with `z_dim` (e.g. from `load_generator`)
-                     n:int=8, # number of samples
-                     seed:int=0, # seed of the latents z ~ N(0, I)
-                    )->Tensor:
-    "`n` samples G(z), z ~ N(0, I): (n, 3, S, S) in [0, 1], on the CPU."
-    z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(next(G.parameters()).device)
-    return G(z).cpu()
-
-# %% ../nbs/03a_baselines.ipynb #cb7c643b
-def generator_quality(G:nn.Module, # generator with `z_dim` (e.g. `load_generator()`)
-                      evaluators, # `diffula.synthevals.Evaluators`
-                      n:int=200, # samples (and reference faces)
-                      seed:int=1, # seed of the latents
-                      data_seed:int=99, # seed of the reference faces (stage 01b uses 99)
-                     )->list[dict]:
-    ("Face-check pass rate, male share, race shares and age mean/std of G's samples beside rendered faces "
-     "(predicted and true).")
-    from diffula.synthfaces import RACE_NAMES
-    xs = sample_generator(G, n, seed)
-    xd, idd = random_faces(n, np.random.default_rng(data_seed), xs.shape[-1])
-    def summary(p, name):
-        return dict(set=name, face_pass=round((p["face_prob"] > 0.5).float().mean().item(), 3),
-                    male_share=round(p["gender"].float().mean().item(), 3),
-                    race_shares=[round((p["race"] == k).float().mean().item(), 3) for k in range(len(RACE_NAMES))],
-                    age_mean=round(p["age"].mean().item(), 1), age_std=round(p["age"].std().item(), 1))
-    return [summary(evaluators.predict(xs), "generator samples (predicted)"),
-            summary(evaluators.predict(xd), "data (predicted)"),
-            dict(set="data (true)", male_share=round(float(idd["gender"].mean()), 3),
-                 race_shares=[round(float((idd["race"] == k).mean()), 3) for k in range(len(RACE_NAMES))],
-                 age_mean=round(float(idd["age"].mean()), 1), age_std=round(float(idd["age"].std()), 1))]
+__all__ = ['PAPER_BUDGETS', 'IGConfig', 'inverting_gradients', 'GIASConfig', 'gias']
 
 # %% ../nbs/03a_baselines.ipynb #df14850b
 PAPER_BUDGETS = dict(  # "Computational Costs" of the paper, one Nvidia A100, CelebA 64 px, B = 30
     ig=dict(steps=24_000, minutes=23.2), gias=dict(latent_steps=1_000, param_steps=8_000, minutes=60.7),
     diffula=dict(steps=4_000, minutes=23.3))
 
-@dataclass
-class BaselineResult:
-    ("What `inverting_gradients` and `gias` return: B reconstructions, the labels used, "
-     "the per-step history and the budget.")
-    method: str  # "ig" or "gias"
-    images: Tensor  # (B,3,H,W) reconstructions in [0,1] at the federated model's input size
-    labels: Tensor  # (B,) labels used (recovered or given)
-    label_counts: Tensor  # (C,) per-class counts of `labels`
-    history: dict  # per step: step, stage, grad_distance, prior (TV / regulariser value), loss, lr
-    budget: dict  # steps, wall_time_s, s_per_step, model_{forward,backward,images}, generator_{forward,backward}, ...
-    config: object  # the IGConfig / GIASConfig used
-    steps_done: int  # optimisation steps completed (both stages for GIAS)
-    interrupted: bool = False  # True when Ctrl-C stopped it early
-    seed: int | None = None  # seed of the returned restart
-    latents: Tensor | None = None  # GIAS: (B, z_dim) latents z* of stage 1
-    latent_images: Tensor | None = None  # GIAS: (B,3,H,W) G(z*) before the parameter search
-    restart_distances: list = field(default_factory=list)  # final distance of each restart (restarts > 1)
-
-    def __repr__(self):
-        last = self.history["grad_distance"][-1] if self.history["grad_distance"] else float("nan")
-        return (f"BaselineResult({self.method}: images {tuple(self.images.shape)}, "
-                f"labels {self.label_counts.tolist()}, {self.steps_done} steps"
-                f"{' (interrupted)' if self.interrupted else ''}, final distance {last:.4f}, "
-                f"{self.budget['wall_time_s']:.1f}s)")
-
-_HIST = ("step", "stage", "grad_distance", "prior", "loss", "lr")
+_HIST = ("step", "stage", "grad_distance", "prior", "loss", "lr")  # history columns of both baselines
 
 # %% ../nbs/03a_baselines.ipynb #2a9c3831
 def _check_common(c, name):
@@ -308,28 +61,12 @@ def _setup(observed, model, c, labels, batch_size):
         raise ValueError("the model needs an `input_size` attribute (the image size of the federated task)")
     return device, model, observed, labels.to(device), counts, size
 
-class _Budget:
-    "Counts passes through the federated model and the generator."
-    def __init__(self):
-        self.model_forward = self.model_backward = self.model_images = 0
-        self.generator_forward = self.generator_backward = 0
-    def match(self, n:int, backward:int=2):
-        self.model_forward += 1
-        self.model_backward += backward
-        self.model_images += n
-    def gen(self, n:int, backward:bool=True):
-        self.generator_forward += n
-        self.generator_backward += n if backward else 0
-    def as_dict(self): return dict(model_forward=self.model_forward, model_backward=self.model_backward,
-                                   model_images=self.model_images, generator_forward=self.generator_forward,
-                                   generator_backward=self.generator_backward)
-
 def _distance(x, model, labels, observed, c, budget, create_graph=True):
     "d(F(x), ∇w) with F in the client's BatchNorm mode; differentiable w.r.t. x when `create_graph`."
     if create_graph:
-        budget.match(len(x))
+        budget.model(len(x))
         return gradient_distance(candidate_gradient(model, x, labels, c.bn_mode), observed, c.distance)
-    budget.match(len(x), backward=1)
+    budget.model(len(x), backward=1)
     with torch.enable_grad():
         loss = F.cross_entropy(model_forward(model, x.detach(), c.bn_mode), labels)
         g = torch.autograd.grad(loss, list(model.parameters()))
@@ -374,38 +111,30 @@ class IGConfig:
         return self
 
 # %% ../nbs/03a_baselines.ipynb #002a0679
-def _ig_run(observed, model, labels, size, c, seed, budget, callbacks, offset=0):
-    "One IG run from `seed`: signed Adam on the B images, box projection; returns (x, history, steps, interrupted)."
+def _ig_run(observed, model, labels, size, c, seed, budget, callbacks)->Run:
+    "One IG run from `seed`: signed Adam on the B images, box projection."
     device, B = observed[0].device, len(labels)
     g = torch.Generator().manual_seed(seed)
     x = (0.5 + c.init_std * torch.randn(B, 3, size, size, generator=g)).to(device).requires_grad_(True)  # (B,3,H,W)
-    opt = torch.optim.Adam([x], lr=c.lr)
-    history, step, interrupted = {k: [] for k in _HIST}, 0, False
-    bar = tqdm(range(c.steps), disable=not c.progress, desc="Inverting Gradients")
-    try:
-        for k in bar:
-            lr = _decayed_lr(c.lr, k, c.steps, c.lr_decay)
-            for gr in opt.param_groups: gr["lr"] = lr
-            with torch.enable_grad():
-                d = _distance(x, model, labels, observed, c, budget)  # d(F(x̂), ∇w)
-                tv = total_variation(x) if c.tv else torch.zeros((), device=device)  # TV(x̂)
-                loss = d + c.tv * tv
-                (grad,) = torch.autograd.grad(loss, [x])
-            x.grad = grad.sign() if c.signed else grad  # Adam on sign ∇ (inversefed)
-            opt.step()
-            if c.boxed:
-                with torch.no_grad(): x.clamp_(0, 1)  # projection onto [0, 1]
-            rec = dict(step=offset + k, stage="x", grad_distance=float(d.detach()), prior=float(tv.detach()),
-                       loss=float(loss.detach()), lr=lr)
-            for key in _HIST: history[key].append(rec[key])
-            step = k + 1
-            if not math.isfinite(rec["loss"]):
-                raise FloatingPointError(f"IG diverged at step {k} (non-finite loss): lower lr (now {c.lr})")
-            for cb in callbacks: cb(k, x.detach(), rec)
-            if c.progress and k % 10 == 0: bar.set_postfix(d=f"{rec['grad_distance']:.4f}")
-    except KeyboardInterrupt: interrupted = True  # keep everything up to the last full step
-    finally: bar.close()
-    return x.detach().clamp(0, 1), history, step, interrupted
+    opt, history = torch.optim.Adam([x], lr=c.lr), {}
+    def step(k):
+        lr = _decayed_lr(c.lr, k, c.steps, c.lr_decay)
+        for gr in opt.param_groups: gr["lr"] = lr
+        with torch.enable_grad():
+            d = _distance(x, model, labels, observed, c, budget)  # d(F(x̂), ∇w)
+            tv = total_variation(x) if c.tv else torch.zeros((), device=device)  # TV(x̂)
+            loss = d + c.tv * tv
+            (grad,) = torch.autograd.grad(loss, [x])
+        x.grad = grad.sign() if c.signed else grad  # Adam on sign ∇ (inversefed)
+        opt.step()
+        if c.boxed:
+            with torch.no_grad(): x.clamp_(0, 1)  # projection onto [0, 1]
+        return dict(step=k, stage="x", grad_distance=float(d.detach()), prior=float(tv.detach()),
+                    loss=float(loss.detach()), lr=lr), x.detach()
+    steps, interrupted = step_loop(c.steps, step, history, "Inverting Gradients", c.progress, callbacks,
+                                   check=("loss",), hint=f"lower lr (now {c.lr})")
+    budget.steps += steps
+    return Run(dict(x=x.detach().clamp(0, 1)), history, [], steps, interrupted, seed)
 
 # %% ../nbs/03a_baselines.ipynb #0de02dd6
 def inverting_gradients(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
@@ -414,30 +143,19 @@ def inverting_gradients(observed:Sequence[Tensor], # ∇w, one tensor per model 
                         labels:Tensor|None=None, # (B,) labels; default: recovered from ∇w (needs batch_size)
                         batch_size:int|None=None, # B, the client's batch size
                         callbacks:Sequence[Callable]=(), # called each step as cb(step, images (B,3,H,W), record)
-                       )->BaselineResult:
+                       )->AttackResult:
     ("Inverting Gradients (Geiping et al. 2020): B images by signed-Adam gradient matching with a TV prior, "
      "boxed to [0, 1].")
     c = (config or IGConfig()).validate()
     device, model, observed, labels, counts, size = _setup(observed, model, c, labels, batch_size)
-    budget, runs, scores, t0 = _Budget(), [], [], time.perf_counter()
-    # the caller's RNG is untouched
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for r in range(c.restarts):
-            run = _ig_run(observed, model, labels, size, c, c.seed + r, budget, callbacks)
-            if run[3] and runs: break  # Ctrl-C during a later restart: keep the finished ones
-            runs.append(run)
-            if run[3]: break
-        if len(runs) > 1:
-            scores = [float(_distance(run[0], model, labels, observed, c, budget, create_graph=False)) for run in runs]
-    best = int(np.argmin(scores)) if scores else 0
-    x, history, step, interrupted = runs[best]
-    wall = time.perf_counter() - t0
-    steps_total = sum(run[2] for run in runs)
-    bud = dict(method="ig", steps=steps_total, steps_per_restart=c.steps, restarts_run=len(runs),
-               wall_time_s=round(wall, 3), s_per_step=round(wall / max(steps_total, 1), 5), **budget.as_dict(),
-               device=str(device))
-    return BaselineResult("ig", x.cpu(), labels.cpu(), counts.cpu(), history, bud, c, step,
-                          interrupted or any(r[3] for r in runs), seed=c.seed + best, restart_distances=scores)
+    budget, t0 = Budget(), time.perf_counter()
+    score = lambda run: float(_distance(run.state["x"], model, labels, observed, c, budget, create_graph=False))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is untouched
+        best, runs, scores = run_restarts(lambda seed: _ig_run(observed, model, labels, size, c, seed, budget, callbacks),
+                                          c.restarts, c.seed, score)
+    budget.restarts, budget.wall_s = len(runs), time.perf_counter() - t0
+    return AttackResult("ig", best.state["x"].cpu(), labels.cpu(), counts.cpu(), best.history, [], budget, c,
+                        best.steps, any(r.interrupted for r in runs), best.seed, scores)
 
 # %% ../nbs/03a_baselines.ipynb #5c1c6c90
 @dataclass
@@ -502,38 +220,29 @@ def _equalized_scale(p:Tensor)->float:
      "1 for biases and norm parameters.")
     return 1 / math.sqrt(p[0].numel()) if p.dim() >= 2 else 1.0
 
-def _gias_latent(observed, model, labels, size, G, c, seed, budget, callbacks):
-    "Stage 1 from `seed`: Adam on the B latents; returns (z, history, steps, interrupted)."
+def _gias_latent(observed, model, labels, size, G, c, seed, budget, callbacks)->Run:
+    "Stage 1 from `seed`: Adam on the B latents."
     device, B = observed[0].device, len(labels)
     # (B, z_dim)
     z = torch.randn(B, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(device).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=c.latent_lr)
-    history, step, interrupted = {k: [] for k in _HIST}, 0, False
-    bar = tqdm(range(c.latent_steps), disable=not c.progress or not c.latent_steps, desc="GIAS latent search")
-    try:
-        for k in bar:
-            lr = _decayed_lr(c.latent_lr, k, c.latent_steps, c.lr_decay)
-            for gr in opt.param_groups: gr["lr"] = lr
-            with torch.enable_grad():
-                x = _to_size(G(z), size); budget.gen(B)  # G_w(z), (B,3,H,W)
-                d = _distance(x, model, labels, observed, c, budget)  # d(F(G(z)), ∇w)
-                prior = c.tv * total_variation(x) + c.latent_reg * z.norm()  # α_TV TV(G(z)) + λ_z ‖z‖₂
-                loss = d + prior
-                (grad,) = torch.autograd.grad(loss, [z])
-            z.grad = grad.sign() if c.signed else grad
-            opt.step()
-            rec = dict(step=k, stage="latent", grad_distance=float(d.detach()), prior=float(prior.detach()),
-                       loss=float(loss.detach()), lr=lr)
-            for key in _HIST: history[key].append(rec[key])
-            step = k + 1
-            if not math.isfinite(rec["loss"]):
-                raise FloatingPointError(f"GIAS latent search diverged at step {k}: lower latent_lr "
-                                         f"(now {c.latent_lr})")
-            for cb in callbacks: cb(k, x.detach().clamp(0, 1), rec)
-            if c.progress and k % 10 == 0: bar.set_postfix(d=f"{rec['grad_distance']:.4f}")
-    except KeyboardInterrupt: interrupted = True
-    finally: bar.close()
-    return z.detach(), history, step, interrupted
+    opt, history = torch.optim.Adam([z], lr=c.latent_lr), {}
+    def step(k):
+        lr = _decayed_lr(c.latent_lr, k, c.latent_steps, c.lr_decay)
+        for gr in opt.param_groups: gr["lr"] = lr
+        with torch.enable_grad():
+            x = _to_size(G(z), size); budget.generator(B)  # G_w(z), (B,3,H,W)
+            d = _distance(x, model, labels, observed, c, budget)  # d(F(G(z)), ∇w)
+            prior = c.tv * total_variation(x) + c.latent_reg * z.norm()  # α_TV TV(G(z)) + λ_z ‖z‖₂
+            loss = d + prior
+            (grad,) = torch.autograd.grad(loss, [z])
+        z.grad = grad.sign() if c.signed else grad
+        opt.step()
+        return dict(step=k, stage="latent", grad_distance=float(d.detach()), prior=float(prior.detach()),
+                    loss=float(loss.detach()), lr=lr), x.detach().clamp(0, 1)
+    steps, interrupted = step_loop(c.latent_steps, step, history, "GIAS latent search", c.progress, callbacks,
+                                   check=("loss",), hint=f"lower latent_lr (now {c.latent_lr})")
+    budget.steps += steps
+    return Run(dict(z=z.detach()), history, [], steps, interrupted, seed)
 
 def _gias_params(observed, model, labels, size, G, z, c, budget, callbacks, history):
     ("Stage 2: one copy of G per image, Adam on all copies, pull towards the pretrained parameters; "
@@ -549,36 +258,28 @@ def _gias_params(observed, model, labels, size, G, z, c, budget, callbacks, hist
     opt = torch.optim.Adam([dict(params=[p], lr=c.param_lr * s) for p, s in zip(params, scales)], lr=c.param_lr)
     # G_{w_(i)}(z*_(i)), (B,3,H,W)
     gen = lambda: _to_size(torch.cat([g(z[i:i + 1]) for i, g in enumerate(copies)]), size)
-    step, interrupted, off = 0, False, c.latent_steps
-    bar = tqdm(range(c.param_steps), disable=not c.progress or not c.param_steps, desc="GIAS parameter search")
-    try:
-        for k in bar:
-            lr = _decayed_lr(c.param_lr, k, c.param_steps, c.lr_decay)
-            for gr, s in zip(opt.param_groups, scales): gr["lr"] = lr * s  # equalized learning rate
-            with torch.enable_grad():
-                x = gen(); budget.gen(B)
-                d = _distance(x, model, labels, observed, c, budget)  # d(F(G_{w_1}(z_1),...,G_{w_B}(z_B)), ∇w)
-                reg = sum(((p - p0) / s).pow(2).sum()
-                          for g in copies for p, p0, s in zip(g.parameters(), w0, scale)) / (B * n_w)  # R_w
-                tv = total_variation(x) if c.tv else torch.zeros((), device=x.device)
-                prior = c.tv * tv + c.param_reg * reg
-                loss = d + prior
-                grads = torch.autograd.grad(loss, params)
-            for p, g_ in zip(params, grads): p.grad = g_.sign() if c.signed else g_
-            opt.step()
-            rec = dict(step=off + k, stage="param", grad_distance=float(d.detach()), prior=float(prior.detach()),
-                       loss=float(loss.detach()), lr=lr)
-            for key in _HIST: history[key].append(rec[key])
-            step = k + 1
-            if not math.isfinite(rec["loss"]):
-                raise FloatingPointError(f"GIAS parameter search diverged at step {k}: lower param_lr "
-                                         f"(now {c.param_lr})")
-            for cb in callbacks: cb(off + k, x.detach().clamp(0, 1), rec)
-            if c.progress and k % 10 == 0: bar.set_postfix(d=f"{rec['grad_distance']:.4f}")
-    except KeyboardInterrupt: interrupted = True
-    finally: bar.close()
-    with torch.no_grad(): x = gen().clamp(0, 1); budget.gen(B, backward=False)
-    return x, step, interrupted
+    off = c.latent_steps
+    def step(k):
+        lr = _decayed_lr(c.param_lr, k, c.param_steps, c.lr_decay)
+        for gr, s in zip(opt.param_groups, scales): gr["lr"] = lr * s  # equalized learning rate
+        with torch.enable_grad():
+            x = gen(); budget.generator(B)
+            d = _distance(x, model, labels, observed, c, budget)  # d(F(G_{w_1}(z_1),...,G_{w_B}(z_B)), ∇w)
+            reg = sum(((p - p0) / s).pow(2).sum()
+                      for g in copies for p, p0, s in zip(g.parameters(), w0, scale)) / (B * n_w)  # R_w
+            tv = total_variation(x) if c.tv else torch.zeros((), device=x.device)
+            prior = c.tv * tv + c.param_reg * reg
+            loss = d + prior
+            grads = torch.autograd.grad(loss, params)
+        for p, g_ in zip(params, grads): p.grad = g_.sign() if c.signed else g_
+        opt.step()
+        return dict(step=off + k, stage="param", grad_distance=float(d.detach()), prior=float(prior.detach()),
+                    loss=float(loss.detach()), lr=lr), x.detach().clamp(0, 1)
+    steps, interrupted = step_loop(c.param_steps, step, history, "GIAS parameter search", c.progress, callbacks,
+                                   check=("loss",), hint=f"lower param_lr (now {c.param_lr})", offset=off)
+    budget.steps += steps
+    with torch.no_grad(): x = gen().clamp(0, 1); budget.generator(B, backward=False)
+    return x, steps, interrupted
 
 # %% ../nbs/03a_baselines.ipynb #b1ca4c51
 def gias(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
@@ -588,40 +289,26 @@ def gias(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
          labels:Tensor|None=None, # (B,) labels; default: recovered from ∇w (needs batch_size)
          batch_size:int|None=None, # B, the client's batch size
          callbacks:Sequence[Callable]=(), # cb(step, images (B,3,H,W), record) each step; step counts on through stage 2
-        )->BaselineResult:
+        )->AttackResult:
     "GIAS (Jeon et al. 2021): latent search (Eq. 3), then a search over per-image copies of the generator's parameters."
     c = (config or GIASConfig()).validate()
     device, model, observed, labels, counts, size = _setup(observed, model, c, labels, batch_size)
     G = load_generator(device=str(device)) if generator is None else generator
     _check_generator(G)
     G = copy.deepcopy(G).to(device).eval().requires_grad_(False)  # the caller's generator is left as found
-    budget, runs, scores, t0 = _Budget(), [], [], time.perf_counter()
-    # the caller's RNG is untouched
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for r in range(c.restarts):
-            run = _gias_latent(observed, model, labels, size, G, c, c.seed + r, budget, callbacks)
-            if run[3] and runs: break
-            runs.append(run)
-            if run[3]: break
-        if len(runs) > 1:  # GIAS: the z whose G(z) best matches ∇w
-            with torch.no_grad():
-                xs = [_to_size(G(run[0]), size) for run in runs]
-                budget.gen(len(labels) * len(runs), backward=False)
-            scores = [float(_distance(x, model, labels, observed, c, budget, create_graph=False)) for x in xs]
-        best = int(np.argmin(scores)) if scores else 0
-        z, history, step1, interrupted = runs[best]
-        history = {k: list(v) for k, v in history.items()}
-        with torch.no_grad(): latent_images = _to_size(G(z), size).clamp(0, 1); budget.gen(len(labels), backward=False)
-        step2 = 0
-        if interrupted or any(r[3] for r in runs) or not c.param_steps: x = latent_images
-        else: x, step2, interrupted = _gias_params(observed, model, labels, size, G, z, c, budget, callbacks, history)
-    interrupted = interrupted or any(r[3] for r in runs)
-    wall = time.perf_counter() - t0
-    latent_total = sum(r[2] for r in runs)
-    bud = dict(method="gias", steps=latent_total + step2, latent_steps=latent_total, param_steps=step2,
-               restarts_run=len(runs), wall_time_s=round(wall, 3),
-               s_per_step=round(wall / max(latent_total + step2, 1), 5), **budget.as_dict(),
-               generator_params=sum(p.numel() for p in G.parameters()), device=str(device))
-    return BaselineResult("gias", x.cpu(), labels.cpu(), counts.cpu(), history, bud, c, step1 + step2, interrupted,
-                          seed=c.seed + best, latents=z.cpu(), latent_images=latent_images.cpu(),
-                          restart_distances=scores)
+    budget, t0, B = Budget(), time.perf_counter(), len(labels)
+    def score(run):  # GIAS: the z whose G(z) best matches ∇w
+        with torch.no_grad(): x = _to_size(G(run.state["z"]), size); budget.generator(B, backward=False)
+        return float(_distance(x, model, labels, observed, c, budget, create_graph=False))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is untouched
+        best, runs, scores = run_restarts(
+            lambda seed: _gias_latent(observed, model, labels, size, G, c, seed, budget, callbacks), c.restarts,
+            c.seed, score)
+        z, history = best.state["z"], {k: list(v) for k, v in best.history.items()}
+        with torch.no_grad(): latent_images = _to_size(G(z), size).clamp(0, 1); budget.generator(B, backward=False)
+        interrupted, param_steps = any(r.interrupted for r in runs), 0
+        if interrupted or not c.param_steps: x = latent_images
+        else: x, param_steps, interrupted = _gias_params(observed, model, labels, size, G, z, c, budget, callbacks, history)
+    budget.restarts, budget.wall_s = len(runs), time.perf_counter() - t0
+    return AttackResult("gias", x.cpu(), labels.cpu(), counts.cpu(), history, [], budget, c, best.steps + param_steps,
+                        interrupted, best.seed, scores, extras=dict(latents=z.cpu(), latent_images=latent_images.cpu()))
