@@ -66,14 +66,14 @@ def main(argv=None):
         ctl = rows[f"control[{controls[json.dumps({k: v for k, v in ov.items() if k in CASE_LEVEL}, sort_keys=True)]}]"]
         s = arm_summary(rows[n]); c = arm_summary(ctl)
         gap = lambda rs: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rs]
-        table.append(dict(variant=n, change=VARIANTS[n][0], **{k: s[k] for k in ("own_gt_other", "mean_similarity_own", "gender_acc",
+        table.append(dict(variant=n, change=VARIANTS[n][0], **{k: s[k] for k in ("own_gt_other", "similarity_own", "gender_acc",
                      "race_acc", "age_mae", "face_rate", "s_per_user")}, control_own_gt_other=c["own_gt_other"],
                           control_race=c["race_acc"], control_age_mae=c["age_mae"], paired_gap=sign_test(gap(rows[n]), gap(ctl))))
     print(f"users {users[0]}-{users[-1]}, seed {a.seed}, {time.time() - t0:.0f} s\n")
     print("| variant | change | own > other | own sim | gender | race | age MAE | face | s/user | control own>other / race / age | sign test p |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t in table:
-        print(f"| {t['variant']} | {t['change']} | {t['own_gt_other']}/{len(users)} | {t['mean_similarity_own']:.2f} | {t['gender_acc']:.2f} | "
+        print(f"| {t['variant']} | {t['change']} | {t['own_gt_other']}/{len(users)} | {t['similarity_own']:.2f} | {t['gender_acc']:.2f} | "
               f"{t['race_acc']:.2f} | {t['age_mae']:.1f} | {t['face_rate']:.2f} | {t['s_per_user']:.0f} | "
               f"{t['control_own_gt_other']}/{len(users)} / {t['control_race']:.2f} / {t['control_age_mae']:.1f} | {t['paired_gap']['p_value']:.3f} |")
     if a.json:

@@ -11,7 +11,7 @@ GIAS 1,000 + 8,000; DiffULA 4,000) would cost at these step costs, beside the pa
     OMP_NUM_THREADS=1 python benchmarks/baselines_step_cost.py --size 64 --batch 30
     python benchmarks/baselines_step_cost.py --device cuda --threads 0
 
-DiffULA runs `AttackConfig.cpu_demo()` (Jacobian-free prior gradient, the shipped SynthFaces prior) without the final
+DiffULA runs `AttackConfig.cpu()` (Jacobian-free prior gradient, the shipped SynthFaces prior) without the final
 denoising; `--prior-grad full` times the full-Jacobian prior step instead. GIAS uses the shipped SynthFaces generator
 (32 px; at --size 64 its output is upsampled to the model's input, which costs the same as the paper's downsampling
 of a larger generator's output would not: the generator here is small). Ratios are only between numbers of this run.
@@ -24,7 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from diffula.attack import AttackConfig, diffula_attack, resolve_device
+from diffula.data import resolve_device
+from diffula.attack import AttackConfig, diffula_attack
 from diffula.baselines import GIASConfig, IGConfig, PAPER_BUDGETS, gias, inverting_gradients, load_generator
 from diffula.formulation import client_gradient, resnet18
 from diffula.prior import load_prior
@@ -73,19 +74,18 @@ def main(argv=None):
     def run_ig():
         cb, ts = stamps(device); t0 = time.perf_counter()
         r = inverting_gradients(observed, model, IGConfig(steps=n, **common), labels=user.labels, callbacks=[cb])
-        return per_step(t0, ts, w), r.budget
+        return per_step(t0, ts, w), r.budget.as_dict()
 
     def run_gias():
         cb, ts = stamps(device); t0 = time.perf_counter()
         r = gias(observed, model, G, GIASConfig(latent_steps=n, param_steps=n, **common), labels=user.labels, callbacks=[cb])
-        return per_step(t0, ts, w), r.budget
+        return per_step(t0, ts, w), r.budget.as_dict()
 
     def run_diffula():
         cb, ts = stamps(device); t0 = time.perf_counter()
-        cfg = AttackConfig.cpu_demo(steps=n, t_star=None, snapshot_every=0, prior_grad=a.prior_grad, **common)
+        cfg = AttackConfig.cpu(steps=n, t_star=None, snapshot_every=0, prior_grad=a.prior_grad, **common)
         r = diffula_attack(observed, model, prior, cfg, labels=user.labels, callbacks=[cb])
-        return per_step(t0, ts, w), dict(steps=r.steps_done, model_forward=r.steps_done, model_backward=2 * r.steps_done,
-                                          model_images=a.batch * r.steps_done, generator_forward=0, generator_backward=0)
+        return per_step(t0, ts, w), r.budget.as_dict()
 
     times = {k: [] for k in ("ig", "gias_latent", "gias_param", "diffula")}
     budgets = {}

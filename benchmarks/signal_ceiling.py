@@ -56,7 +56,7 @@ def main(argv=None):
     def save():
         if a.json: write_json(a.json, [done[key(j)] for j in jobs if key(j) in done])
     todo = [j for j in jobs if key(j) not in done]
-    from diffula.pipeline import write_json  # atomic: a killed run leaves the last complete file
+    from diffula.files import write_json  # atomic: a killed run leaves the last complete file
     t0 = time.time()
     with ProcessPoolExecutor(a.jobs) as pool:
         futures = {pool.submit(one, j): j for j in todo}

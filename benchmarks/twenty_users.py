@@ -30,28 +30,20 @@ def one(args):
     "One user's case (run_case sets torch to one thread for the run); --set keys that are Case fields go to the case."
     user, seed, device, method, overrides, runs = args
     from dataclasses import fields
-    from diffula.pipeline import Case, run_case, run_cases
+    from diffula.case import Case
+    from diffula.pipeline import run_case, run_cases
     names = {f.name for f in fields(Case)}
     case_kw = {k: v for k, v in overrides.items() if k in names}
     config = {k: v for k, v in overrides.items() if k not in names}
     case = Case.demo(user=user, seed=seed, device=device, method=method, config=config, **case_kw)
     if runs: return run_cases([case], runs, progress=False)[0]   # stored under runs/<key>: reused by any later run
-    return run_case(case, progress=False)
+    return run_case(case, progress=False).metrics
 
 
 def arm_summary(rows):
-    "The per-arm numbers: leak (own batch vs another user), attributes against chance, face rate, time."
-    n = len(rows)
-    own = np.array([r["similarity_to_batch"] for r in rows]); oth = np.array([r["similarity_to_other_user"] for r in rows])
-    ages = np.array([r["true"]["age"] for r in rows]); m = [r["metrics"] for r in rows]
-    return dict(n=n, own_gt_other=int((own > oth).sum()), mean_similarity_gap=round(float((own - oth).mean()), 4),
-                mean_similarity_own=round(float(own.mean()), 4), mean_similarity_other=round(float(oth.mean()), 4),
-                gender_acc=round(float(np.mean([x["gender_correct"] for x in m])), 3),
-                race_acc=round(float(np.mean([x["race_correct"] for x in m])), 3),
-                age_mae=round(float(np.mean([x["age_error"] for x in m])), 2),
-                age_mae_chance=round(float(np.abs(ages - ages.mean()).mean()), 2),
-                face_rate=round(float(np.mean([x["face_rate"] for x in m])), 3),
-                s_per_user=round(float(np.mean([r["timings"]["attack_s"] for r in rows])), 1))
+    "The per-arm numbers: the runner's leak summary (own batch vs another user, attributes against chance, face rate, budget), with the attack time per user."
+    from diffula.pipeline import leak_summary
+    return dict(leak_summary(rows), s_per_user=round(float(np.mean([r["timings"]["attack_s"] for r in rows])), 1))
 
 
 def sign_test(a, b):

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from diffula.attack import AttackConfig, augmentation, augmented_batch, resolve_device
+from diffula.data import resolve_device
+from diffula.attack import AttackConfig, augmentation, augmented_batch
 from diffula.formulation import candidate_gradient, client_gradient, gradient_distance, resnet18
 
 

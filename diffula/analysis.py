@@ -16,8 +16,9 @@ from .synthfaces import GENDER_NAMES, RACE_NAMES, AGE_RANGE
 from .schedules import plot_schedules
 from .retrieval import synthfaces_retrieval
 from .evaluation import aggregate
-from .pipeline import (Case, METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config,
-                              write_json, save_figure, check_out_dir, _atomic)
+from .case import Case
+from .files import atomic_write, write_json, write_text, save_figure, check_out_dir
+from .pipeline import METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config, leak_summary
 
 # %% auto #0
 __all__ = ['FIGURE_PRESETS', 'trace_case', 'turning_point', 'tau_tradeoff', 'batch_size_sweep', 'susceptibility', 'fig_overview',
@@ -34,26 +35,24 @@ def trace_case(case:Case, # a DiffULA (or control) case
      "and another user's (Fig. 6).")
     f = Path(out)/"trace"/(case.key().replace("/", "_") + ".pt") if out is not None else None
     if f is not None and f.exists(): return torch.load(f, weights_only=False)
-    user, other = load_users(case)
-    ev = make_evaluator(case.evaluator)
-    rec = dict(step=[], tau=[], sim_own=[], sim_other=[], gender=[], race=[], age=[], images=[])
-    def cb(i, x0, r):
+    steps, taus, frames = [], [], []
+    def cb(i, x0, r):                                              # keep x0 every `every` steps, in [0,1]
         if (i + 1) % every and i != 0: return
-        x = ((x0.detach() + 1)/2).clamp(0, 1).cpu()                # (1,3,R,R) in [0,1]
-        read = ev.read(x)
-        rec["step"].append(i + 1); rec["tau"].append(r["tau"])
-        rec["sim_own"].append(float(ev.similarity(x, user.images).mean()))
-        rec["sim_other"].append(float(ev.similarity(x, other.images).mean()))
-        rec["gender"].append(None if read.gender is None else read.gender[0])
-        rec["race"].append(None if read.race is None else read.race[0])
-        rec["age"].append(None if read.age is None else float(read.age[0]))
-        rec["images"].append(x)
-    res = run_case(case, progress=progress, callbacks=[cb])
+        steps.append(i + 1); taus.append(r["tau"]); frames.append(((x0.detach() + 1)/2).clamp(0, 1).cpu())
+    run = run_case(case, progress=progress, callbacks=[cb])       # the case runner's users, model and gradient
+    ev = make_evaluator(case.evaluator)
+    images = torch.cat(frames) if frames else None                # (n,3,R,R)
+    read = ev.read(images) if frames else None
     t = dict(case=asdict(case),
-             result={k: res[k] for k in ("similarity_to_batch", "similarity_to_other_user", "true", "inferred")},
-             batch=user.images, other=other.images, **{k: v for k, v in rec.items() if k != "images"},
-             images=torch.cat(rec["images"]) if rec["images"] else None)
-    if f is not None: _atomic(f, lambda p: torch.save(t, p))
+             result={k: run[k] for k in ("similarity_to_batch", "similarity_to_other_user", "true", "inferred")},
+             batch=run.user.images, other=run.other.images, step=steps, tau=taus,
+             sim_own=[float(ev.similarity(x, run.user.images).mean()) for x in frames],
+             sim_other=[float(ev.similarity(x, run.other.images).mean()) for x in frames],
+             gender=[None]*len(frames) if read is None or read.gender is None else [g for g in read.gender],
+             race=[None]*len(frames) if read is None or read.race is None else [g for g in read.race],
+             age=[None]*len(frames) if read is None or read.age is None else [float(a) for a in read.age],
+             images=images)
+    if f is not None: atomic_write(f, lambda p: torch.save(t, p))
     return t
 
 def turning_point(trace:dict, # from `trace_case`
@@ -68,17 +67,6 @@ def turning_point(trace:dict, # from `trace_case`
                 diverges_late=bool(sm[k] - sm[-1] > 0.1 and k < len(sm) - 1))
 
 # %% ../nbs/05_failure_analysis.ipynb #d66ed9e5
-def _arm(results:Sequence[dict])->dict:
-    "Leak and attributes of one arm over users."
-    own = np.array([r["similarity_to_batch"] for r in results])
-    oth = np.array([r["similarity_to_other_user"] for r in results])
-    m = [r["metrics"] for r in results]
-    mean = lambda k: round(float(np.nanmean([np.nan if x[k] is None else float(x[k]) for x in m])), 4)
-    return dict(users=len(results), own_gt_other=int((own > oth).sum()), similarity_own=round(float(own.mean()), 4),
-                similarity_gap=round(float((own - oth).mean()), 4), gender_acc=mean("gender_correct"),
-                race_acc=mean("race_correct"), age_mae=mean("age_error"), face_rate=mean("face_rate"), mse=mean("mse"),
-                feature_distance=mean("feature_distance"))
-
 def tau_tradeoff(users:Sequence[int], # SynthFaces users
                  out:str|Path, # results folder (shared with other runs; finished cases are reused)
                  t_ends:Sequence[int]=(500, 600, 700, 800), # where the time schedule stops (the paper: 500)
@@ -92,7 +80,7 @@ def tau_tradeoff(users:Sequence[int], # SynthFaces users
     rows = []
     for te in t_ends:
         cases = [replace(base, user=u, config={**base.config, "t_end": int(te)}) for u in users]
-        rows.append(dict(t_end=int(te), **_arm(run_cases(cases, out, jobs=jobs, progress=progress))))
+        rows.append(dict(t_end=int(te), **leak_summary(run_cases(cases, out, jobs=jobs, progress=progress))))
     return rows
 
 def batch_size_sweep(users:Sequence[int], # SynthFaces users
@@ -108,7 +96,7 @@ def batch_size_sweep(users:Sequence[int], # SynthFaces users
     base = base or Case.demo()
     rows = []
     for B in batch_sizes:
-        arms = {m: _arm(run_cases([replace(base, method=m, user=u, batch_size=int(B)) for u in users], out, jobs=jobs,
+        arms = {m: leak_summary(run_cases([replace(base, method=m, user=u, batch_size=int(B)) for u in users], out, jobs=jobs,
                                   progress=progress)) for m in ("diffula", "control")}
         row = dict(batch_size=int(B), attack=arms["diffula"], control=arms["control"])
         if ceiling and len(users) > 1:
@@ -293,7 +281,7 @@ def figures(out:str|Path, # where the figures, tables, manifest and the runs beh
     method_config = {m: kw for m, kw in P["baselines"].items() if m in methods}  # the baselines' own budgets
     t1 = table1(runs, users=len(users), methods=methods, progress=progress, jobs=jobs, method_config=method_config,
                 **{k: v for k, v in asdict(base).items() if k not in ("method", "user")})
-    _atomic(out/"table1.md", lambda p: p.write_text(t1["markdown"])); shutil.copy(runs/"table1.csv", out/"table1.csv")
+    write_text(out/"table1.md", t1["markdown"]); shutil.copy(runs/"table1.csv", out/"table1.csv")
     note("table1", ["table1.md", "table1.csv"],
          "Table 1: image quality and semantics per method, reference rows, leak and budget",
          users=users, methods=methods, case=asdict(base), method_config=method_config)
@@ -325,7 +313,7 @@ def figures(out:str|Path, # where the figures, tables, manifest and the runs beh
     bigres = run_cases([replace(large, user=u) for u in range(P["large_users"])], runs, jobs=jobs, progress=progress)
     fig = fig_progression({f"B = {P['large_batch']}, user {u}": t for u, t in enumerate(big)})
     save_figure(out/"fig4_large_batch.png", fig)
-    _atomic(out/"table2.md", lambda p: p.write_text(table2_markdown(bigres)))
+    write_text(out/"table2.md", table2_markdown(bigres))
     note("fig4_table2", ["fig4_large_batch.png", "table2.md"], f"Fig. 4 and Table 2: B = {P['large_batch']}",
          users=list(range(P["large_users"])), case=asdict(large))
     tau_rows = tau_tradeoff(users, runs, P["t_ends"], base, jobs, progress)

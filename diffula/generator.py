@@ -143,7 +143,7 @@ def train_generator(path:str|Path|None=None, # weights file (default data_dir()/
                              images_per_s=round(k * batch_size / max(wall, 1e-9), 2), device=str(device),
                              hardware=_hardware(device), torch=torch.__version__, log_every=log_every,
                              log={n: [round(v, 4) for v in l] for n, l in log.items()},
-                             command=f"diffula.baselines.train_generator(steps={steps}, stop_at={k}, "
+                             command=f"diffula.generator.train_generator(steps={steps}, stop_at={k}, "
                                      f"batch_size={batch_size}, seed={seed}, device='{device.type}')")
     def checkpoint(k):
         _save_generator(standing_stats(copy.deepcopy(ema), seed=seed), path, info(k))
@@ -189,7 +189,7 @@ def load_generator(path:str|Path|None=None, # safetensors file (default data_dir
     path = Path(path) if path is not None else data_dir()/GEN_WEIGHTS
     if not path.exists():
         raise FileNotFoundError(f"SynthFaces generator weights not found: {path}. Regenerate them with "
-                                "`diffula.baselines.train_generator()` (the #| slow cell of nbs/03a_baselines.ipynb; "
+                                "`diffula.generator.train_generator()` (the #| slow cell of nbs/01c_generator.ipynb; "
                                 "about 45 min on one CPU thread, minutes on a GPU)")
     with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
     if not {"z_dim", "width", "size"} <= set(meta):

@@ -4,107 +4,45 @@
 
 # %% ../nbs/04b_pipeline.ipynb #67506861
 from __future__ import annotations
-import hashlib, json, os, tempfile, time
+import json, time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, asdict, replace, fields
+from dataclasses import dataclass, asdict, replace, fields
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from torch import Tensor
 from tqdm.auto import tqdm
-from .data import User, celeba_users, folder_users
-from .formulation import resnet18, client_gradient, BN_MODES
-from .synthfaces import SynthFaces, TASK_LABELS
+from .case import Case, METHOD_NAMES, EXECUTORS
+from .files import atomic_write, write_json, write_text, save_figure, check_out_dir
+from .data import User, celeba_users, folder_users, resolve_device
+from .formulation import resnet18, client_gradient
+from .synthfaces import SynthFaces
 from .prior import load_prior
-from .baselines import IGConfig, GIASConfig, BaselineResult, inverting_gradients, gias, load_generator
-from .attack import AttackConfig, AttackResult, diffula_attack, resolve_device, plot_progress, plot_history
-from .evaluation import (FaceEvaluator, SynthFacesEvaluator, DeepFaceEvaluator, evaluate_user, reference_metrics,
+from .generator import load_generator
+from .attack_core import AttackResult
+from .baselines import IGConfig, GIASConfig, inverting_gradients, gias
+from .attack import AttackConfig, diffula_attack, plot_progress, plot_history
+from .evaluation import (FaceEvaluator, SynthFacesEvaluator, evaluate_user, reference_metrics,
                                 synth_feature_distance, aggregate, table1_markdown)
+from .deepface_backend import DeepFaceEvaluator
 
 # %% auto #0
-__all__ = ['PRESETS', 'METHODS', 'PREPARE', 'SCHEMA', 'Case', 'MethodOutput', 'register_method', 'diffula_config', 'case_prior',
-           'run_diffula', 'run_control', 'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users',
-           'write_json', 'save_figure', 'check_out_dir', 'make_evaluator', 'run_case', 'load_result', 'run_cases',
-           'reference_rows', 'table1']
-
-# %% ../nbs/04b_pipeline.ipynb #635f37a8
-PRESETS = ("cpu", "paper")
-
-@dataclass
-class Case:
-    "One attack case: whose gradient, under which threat model, by which method, read by which evaluator."
-    method: str = "diffula"  # a registered attack method (`METHODS`): "diffula", "control" (prior-only control), ...
-    data: str = "synthfaces"  # "synthfaces", "celeba:PATH" (official CelebA files) or "folder:PATH" (PATH/<user>/*.jpg)
-    user: int = 0  # user index in the source's order
-    batch_size: int = 8  # B, the size of the private batch (paper: 30)
-    image_size: int = 32  # the federated model's input size (paper: 64)
-    task_label: str = "identity"  # SynthFaces label: "identity" (per person, like CelebA's Attractive) or "expression"
-    stream_seed: int = 0  # SynthFaces stream: user i is the same person in every run
-    model_seed: int = 0  # seed of the randomly initialised ResNet-18
-    bn_mode: str = "eval"  # BatchNorm mode of the threat model: the client's gradient and the attacker's candidates
-    prior: str = "synthfaces"  # the DDPM prior: anything `load_prior` reads
-    evaluator: str = "synthfaces"  # face readings: "synthfaces" (offline stand-ins) or "deepface" (real photos)
-    preset: str = "cpu"  # the method's base config: "cpu" (the demo's small budget) or "paper" (Section 3's)
-    config: dict = field(default_factory=dict)  # overrides of the method's config fields, e.g. {"steps": 100}
-    seed: int = 0  # seeds the attack, the other user and the ensemble's random guess
-    device: str = "cpu"  # "cpu" or "cuda[:N]"
-
-    @classmethod
-    def demo(cls, **kw)->Case:
-        "The demo: a SynthFaces user, 32 px, B = 8, identity labels, eval-mode BatchNorm, DiffULA's CPU preset."
-        return cls(**kw)
-
-    @classmethod
-    def paper(cls, **kw)->Case:
-        "Section 3's federated setting: 64 px, B = 30, the paper's budget (4,000 steps for DiffULA)."
-        return cls(**{**dict(image_size=64, batch_size=30, preset="paper"), **kw})
-
-    def validate(self)->Case:
-        "Raise `ValueError` naming the field for anything that cannot run; returns self."
-        def bad(msg): raise ValueError(f"Case: {msg}")
-        if self.method not in METHODS: bad(f"unknown method {self.method!r}; registered: {', '.join(METHODS)}")
-        kind, _, path = self.data.partition(":")
-        if not ((kind == "synthfaces" and not path) or (kind in ("celeba", "folder") and path)):
-            bad(f"data must be 'synthfaces', 'celeba:PATH' or 'folder:PATH', got {self.data!r}")
-        if self.user < 0 or self.batch_size < 1 or self.image_size < 8:
-            bad(f"need user >= 0, batch_size >= 1, image_size >= 8; "
-                f"got {self.user}, {self.batch_size}, {self.image_size}")
-        if self.task_label not in TASK_LABELS: bad(f"task_label must be one of {TASK_LABELS}, got {self.task_label!r}")
-        if self.bn_mode not in BN_MODES: bad(f"bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
-        if self.evaluator not in ("synthfaces", "deepface"):
-            bad(f"evaluator must be 'synthfaces' or 'deepface', got {self.evaluator!r}")
-        if self.preset not in PRESETS: bad(f"preset must be one of {PRESETS}, got {self.preset!r}")
-        if not isinstance(self.config, dict):
-            bad(f"config must be a dict of overrides, got {type(self.config).__name__}")
-        return self
-
-    def key(self)->str:
-        "A stable folder name for this case's results: method/u<user>-s<seed>-<hash of every setting>."
-        h = hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:10]
-        return f"{self.method}/u{self.user:04d}-s{self.seed}-{h}"
+__all__ = ['METHODS', 'PREPARE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula', 'run_control',
+           'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users', 'make_evaluator', 'CaseRun',
+           'run_case', 'load_result', 'run_cases', 'reference_rows', 'leak_summary', 'table1']
 
 # %% ../nbs/04b_pipeline.ipynb #ee36c10c
-@dataclass
-class MethodOutput:
-    "What an attack method hands back to the case runner."
-    images: Tensor  # (R,3,H,W) reconstructions in [0,1] at the federated model's input size: R = 1 (user-level) or B
-    labels: Tensor  # (B,) labels the attack used
-    config: dict  # the method's full config, as run
-    budget: dict  # steps, wall_s and passes of the federated model and of the prior / generator
-    interrupted: bool = False  # Ctrl-C stopped it early
-    result: object = None  # the method's own result object (plots, history, snapshots)
-
 METHODS: dict[str, Callable] = {}
 PREPARE: dict[str, Callable] = {}
 
 def register_method(name:str, # the name a `Case` uses
                     prepare:Callable|None=None, # prepare(case): check config, load heavy assets before any data is read
                    ):
-    "Decorator: register `fn(case, observed, model, callbacks, progress) -> MethodOutput` as an attack method."
+    "Decorator: register `fn(case, observed, model, callbacks, progress) -> AttackResult` as an attack method."
     def deco(fn):
         METHODS[name] = fn
+        if name not in METHOD_NAMES: METHOD_NAMES.append(name)
         if prepare is not None: PREPARE[name] = prepare
         return fn
     return deco
@@ -116,13 +54,15 @@ def _cached(key, make):
     if key not in _RESOURCES: _RESOURCES[key] = make()
     return _RESOURCES[key]
 
+def _method_config(case:Case, cls, base):
+    "A method's config for a case: the preset's base, the case's seed, device and BatchNorm mode, then `case.config`."
+    unknown = set(case.config) - {f.name for f in fields(cls)}
+    if unknown: raise ValueError(f"Case.config: {sorted(unknown)} are not {cls.__name__} fields")
+    return replace(replace(base, seed=case.seed, device=case.device, bn_mode=case.bn_mode), **case.config).validate()
+
 def diffula_config(case:Case)->AttackConfig:
     "DiffULA's AttackConfig for a case: the preset, the case's seed, device and BatchNorm mode, then `case.config`."
-    base = AttackConfig.cpu_demo() if case.preset == "cpu" else AttackConfig()
-    cfg = replace(base, seed=case.seed, device=case.device, bn_mode=case.bn_mode)
-    unknown = set(case.config) - {f.name for f in fields(AttackConfig)}
-    if unknown: raise ValueError(f"Case.config: {sorted(unknown)} are not AttackConfig fields")
-    return replace(cfg, **case.config).validate()
+    return _method_config(case, AttackConfig, AttackConfig.cpu() if case.preset == "cpu" else AttackConfig())
 
 def case_prior(case:Case):
     "The case's DDPM prior, loaded once per process (a missing or unreadable file fails here, before any data is read)."
@@ -131,52 +71,25 @@ def case_prior(case:Case):
 def _prepare_diffula(case):
     diffula_config(case); case_prior(case)
 
-def _diffula(case, observed, model, callbacks, progress, gm_weight=None):
-    cfg = replace(diffula_config(case), progress=progress)
-    if gm_weight is not None: cfg = replace(cfg, gm_weight=gm_weight, restarts=1)
-    prior = case_prior(case)
-    res = diffula_attack(observed, model, prior, cfg, batch_size=case.batch_size, callbacks=callbacks)
-    runs = max(1, len(res.restart_distances))                      # restarts run (the history is the chosen one's)
-    n_steps = res.steps_done + (runs - 1)*cfg.steps
-    denoise = (cfg.t_star + 1 if cfg.t_star is not None and res.denoised else 0)*runs
-    gm_on = cfg.gm_weight > 0
-    budget = dict(steps=n_steps, restarts=cfg.restarts if gm_on else 1, wall_s=round(res.wall_time, 3),
-                  s_per_step=round(res.wall_time/max(n_steps, 1), 4),
-                  fed_forward=n_steps*gm_on + cfg.select_draws*len(res.restart_distances),
-                  # create_graph + the step's backward
-                  fed_backward=n_steps*gm_on*2 + cfg.select_draws*len(res.restart_distances),
-                  prior_forward=n_steps + denoise, prior_backward=n_steps*(cfg.prior_grad == "full"))
-    return MethodOutput(res.at_model_size(), res.labels, asdict(cfg), budget, res.interrupted, res)
-
 @register_method("diffula", prepare=_prepare_diffula)
 def run_diffula(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
-                progress:bool=True)->MethodOutput:
+                progress:bool=True)->AttackResult:
     "DiffULA (Algorithm 1) with the case's config."
-    return _diffula(case, observed, model, callbacks, progress)
+    return diffula_attack(observed, model, case_prior(case), replace(diffula_config(case), progress=progress),
+                          batch_size=case.batch_size, callbacks=callbacks)
 
 @register_method("control", prepare=_prepare_diffula)
 def run_control(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
-                progress:bool=True)->MethodOutput:
+                progress:bool=True)->AttackResult:
     "DiffULA's prior-only control: the same x0 and noise with gm_weight = 0, so the gradient plays no part."
-    return _diffula(case, observed, model, callbacks, progress, gm_weight=0.0)
+    cfg = replace(diffula_config(case), progress=progress, gm_weight=0.0, restarts=1)
+    return diffula_attack(observed, model, case_prior(case), cfg, batch_size=case.batch_size, callbacks=callbacks)
 
 # %% ../nbs/04b_pipeline.ipynb #f07d3445
 def _baseline_config(case:Case, cls):
     ("A baseline's config for a case: the preset (cpu: the compressed schedule; paper: Section 3's budget), "
      "the case's seed, device and BatchNorm mode, then `case.config`.")
-    base = cls.cpu() if case.preset == "cpu" else cls()
-    unknown = set(case.config) - {f.name for f in fields(cls)}
-    if unknown: raise ValueError(f"Case.config: {sorted(unknown)} are not {cls.__name__} fields")
-    return replace(replace(base, seed=case.seed, device=case.device, bn_mode=case.bn_mode), **case.config).validate()
-
-def _baseline_output(res:BaselineResult)->MethodOutput:
-    "A baseline's result with its budget under the case runner's keys (the generator counts as the prior)."
-    b = res.budget
-    budget = dict(steps=b["steps"], restarts=b.get("restarts_run", 1), wall_s=b["wall_time_s"],
-                  s_per_step=b["s_per_step"], fed_forward=b["model_forward"], fed_backward=b["model_backward"],
-                  prior_forward=b["generator_forward"], prior_backward=b["generator_backward"])
-    config = {**asdict(res.config), "steps": res.config.steps}  # GIAS: latent_steps + param_steps
-    return MethodOutput(res.images, res.labels, config, budget, res.interrupted, res)
+    return _method_config(case, cls, cls.cpu() if case.preset == "cpu" else cls())
 
 def case_generator(case:Case):
     "GIAS's generator (the shipped SynthFaces one), loaded once per process."
@@ -184,20 +97,19 @@ def case_generator(case:Case):
 
 @register_method("ig", prepare=lambda case: _baseline_config(case, IGConfig))
 def run_ig(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
-           progress:bool=True)->MethodOutput:
+           progress:bool=True)->AttackResult:
     "Inverting Gradients (Geiping et al. 2020, stage 03a): all B images from noise."
     cfg = replace(_baseline_config(case, IGConfig), progress=progress)
-    return _baseline_output(inverting_gradients(observed, model, cfg, batch_size=case.batch_size, callbacks=callbacks))
+    return inverting_gradients(observed, model, cfg, batch_size=case.batch_size, callbacks=callbacks)
 
 def _prepare_gias(case): _baseline_config(case, GIASConfig); case_generator(case)
 
 @register_method("gias", prepare=_prepare_gias)
 def run_gias(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
-             progress:bool=True)->MethodOutput:
+             progress:bool=True)->AttackResult:
     "GIAS (Jeon et al. 2021, stage 03a) with the shipped SynthFaces generator: all B images."
     cfg = replace(_baseline_config(case, GIASConfig), progress=progress)
-    return _baseline_output(gias(observed, model, case_generator(case), cfg, batch_size=case.batch_size,
-                                 callbacks=callbacks))
+    return gias(observed, model, case_generator(case), cfg, batch_size=case.batch_size, callbacks=callbacks)
 
 # %% ../nbs/04b_pipeline.ipynb #0906fd8d
 def other_user_index(case:Case, n_available:int|None=None)->int:
@@ -225,36 +137,6 @@ def load_users(case:Case)->tuple[User, User]:
                          f"user {case.user} does not exist")
     return users[case.user], users[other_user_index(case, len(users))]
 
-# %% ../nbs/04b_pipeline.ipynb #4e333ece
-def _atomic(path:Path, write:Callable[[Path], None]):
-    "Write `path` through a temporary file in the same folder and rename it: a reader never sees a half-written file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"); os.close(fd)
-    try:
-        write(Path(tmp)); os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-def write_json(path:str|Path, obj)->Path:
-    "JSON, written atomically."
-    _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2)))
-    return Path(path)
-
-def save_figure(path:str|Path, fig, dpi:int=90)->Path:
-    "A matplotlib figure as PNG, written atomically, then closed."
-    import matplotlib.pyplot as plt
-    _atomic(Path(path), lambda p: fig.savefig(p, dpi=dpi, format="png")); plt.close(fig)
-    return Path(path)
-
-def check_out_dir(out:str|Path)->Path:
-    "Create `out` and prove it writable before any work is done, with a one-line error when it is not."
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe"); os.close(fd); os.remove(probe)
-    except OSError as e: raise ValueError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
-    return out
-
 # %% ../nbs/04b_pipeline.ipynb #93a7b0f2
 SCHEMA = "diffula.case/1"  # the one metrics schema that `demo`, `attack`, `table1` and the benchmarks write
 
@@ -268,17 +150,16 @@ def _predicts_attributes(ev)->bool:
     try: ev.check_attribute_weights(); return True
     except FileNotFoundError: return False
 
-def _case_figure(user, out_m, metrics, case):
+def _case_figure(user, r, metrics, case):
     "The private batch, the reconstruction(s) (and DiffULA's snapshots), with inferred vs true attributes."
     import matplotlib.pyplot as plt
-    r = out_m.result
-    if isinstance(r, AttackResult): fig = plot_progress(user.images, r)
+    if "x_final" in r.extras: fig = plot_progress(user.images, r)
     else:
-        n = max(min(len(user.images), 8), min(len(out_m.images), 8))
+        n = max(min(len(user.images), 8), min(len(r.images), 8))
         fig, ax = plt.subplots(2, n, figsize=(1.2*n, 2.8), dpi=72, squeeze=False)
         for a in ax.ravel(): a.axis("off")
         for j, x in enumerate(user.images[:8]): ax[0, j].imshow(x.permute(1, 2, 0).clamp(0, 1))
-        for j, x in enumerate(out_m.images[:8]): ax[1, j].imshow(x.permute(1, 2, 0).clamp(0, 1))
+        for j, x in enumerate(r.images[:8]): ax[1, j].imshow(x.permute(1, 2, 0).clamp(0, 1))
     m = metrics
     fmt = lambda g, r, a: f"{'?' if g is None else g}/{'?' if r is None else r}/{'?' if a is None else round(a)}"
     fig.suptitle(f"{case.method}, user {user.user_id}: inferred gender/race/age "
@@ -287,14 +168,24 @@ def _case_figure(user, out_m, metrics, case):
                  f"  |  similarity {m['similarity']:.2f}", fontsize=8)
     fig.tight_layout(); return fig
 
+@dataclass
+class CaseRun:
+    "What `run_case` returns: the metrics (as metrics.json holds them) beside the method's result and the two users."
+    metrics: dict  # the one metrics schema (`SCHEMA`)
+    result: AttackResult  # the method's result: images, labels, history, snapshots, budget, extras
+    user: User  # the attacked user
+    other: User  # the other user the reconstruction is compared with
+
+    def __getitem__(self, key:str): return self.metrics[key]
+
 def run_case(case:Case, # what to run
              out:str|Path|None=None, # write metrics.json, reconstruction.png, result.pt (and history.png) here
              progress:bool=True, # progress bars
              callbacks:Sequence[Callable]=(), # passed to the attack method
              threads:int|None=1, # torch CPU threads during the case (1: no OpenMP contention on a shared machine)
-            )->dict:
+            )->CaseRun:
     ("Run one case end to end — user → client gradient → attack → evaluation — "
-     "and return (and write) its metrics.")
+     "and return (and write) its metrics beside the method's result.")
     case = case.validate()
     if out is not None: out = check_out_dir(out)                  # fail before any work, not after it
     resolve_device(case.device)
@@ -309,44 +200,40 @@ def run_case(case:Case, # what to run
         model = resnet18(num_classes=2, seed=case.model_seed, input_size=case.image_size)
         observed = client_gradient(model, user.images, user.labels, case.bn_mode)  # what the server observes
         t1 = time.perf_counter()
-        mo = method(case, observed, model, callbacks, progress)
+        r = method(case, observed, model, callbacks, progress)
         t2 = time.perf_counter()
-        metrics = evaluate_user(mo.images, user.images, evaluator, synth_feature_distance, user.attributes,
+        metrics = evaluate_user(r.images, user.images, evaluator, synth_feature_distance, user.attributes,
                                 seed=case.seed, predict_attributes=_predicts_attributes(evaluator))
-        sim_other = float(evaluator.similarity(mo.images, other.images).mean())
+        sim_other = float(evaluator.similarity(r.images, other.images).mean())
         t3 = time.perf_counter()
     finally: torch.set_num_threads(old)
-    m = metrics
+    m, config = metrics, {**asdict(r.config), "steps": r.config.steps}  # GIAS: steps = latent_steps + param_steps
     res = dict(schema=SCHEMA, key=case.key(), case=asdict(case),
-               settings=dict(method=case.method, bn_mode=case.bn_mode, gm_weight=mo.config.get("gm_weight"),
-                             image_size=case.image_size, batch_size=case.batch_size, label_kind=case.task_label,
+               settings=dict(method=case.method, bn_mode=case.bn_mode, gm_weight=config.get("gm_weight"),
+                             image_size=case.image_size, batch_size=case.batch_size, task_label=case.task_label,
                              data=case.data, prior=case.prior, evaluator=case.evaluator, preset=case.preset,
-                             steps=mo.config.get("steps"), seed=case.seed, model_seed=case.model_seed,
-                             device=case.device),
+                             steps=config["steps"], seed=case.seed, model_seed=case.model_seed, device=case.device),
                user=user.user_id, other_user=other.user_id,
                similarity_to_batch=m["similarity"], similarity_to_other_user=round(sim_other, 4),
                true=dict(gender=m["gender_true"], race=m["race_true"], age=m["age_true"]),
                inferred=dict(gender=m["gender_pred"], race=m["race_pred"], age=m["age_pred"], face_rate=m["face_rate"]),
                labels=dict(true=torch.bincount(user.labels, minlength=2).tolist(),
-                           recovered=torch.bincount(mo.labels.cpu(), minlength=2).tolist()),
-               metrics=metrics, method_config=mo.config, budget=mo.budget, interrupted=mo.interrupted,
+                           recovered=torch.bincount(r.labels.cpu(), minlength=2).tolist()),
+               metrics=metrics, method_config=config, budget=r.budget.as_dict(), interrupted=r.interrupted,
                timings=dict(setup_s=round(t1 - t0, 3), attack_s=round(t2 - t1, 3), evaluate_s=round(t3 - t2, 3),
                             total_s=round(t3 - t0, 3)),
                environment=dict(torch=torch.__version__, device=str(case.device)), files=[])
     if out is not None:
-        save_figure(out/"reconstruction.png", _case_figure(user, mo, m, case))
+        save_figure(out/"reconstruction.png", _case_figure(user, r, m, case))
         files = ["reconstruction.png"]
-        if isinstance(mo.result, AttackResult):
-            save_figure(out/"history.png", plot_history(mo.result)); files.append("history.png")
-        extra = {}
-        if isinstance(mo.result, AttackResult):                    # DiffULA: x0 before denoising and the snapshots too
-            extra = dict(x_opt=mo.result.x_opt, x_final=mo.result.x_final, snapshots=mo.result.snapshots,
-                         restart_distances=mo.result.restart_distances)
-        _atomic(out/"result.pt", lambda p: torch.save(dict(images=mo.images, labels=mo.labels, case=asdict(case),
-                history=getattr(mo.result, "history", None), **extra), p))
+        if "x_final" in r.extras:                                  # DiffULA: its schedules and norms per step
+            save_figure(out/"history.png", plot_history(r)); files.append("history.png")
+        tensors = {k: v for k, v in r.extras.items() if isinstance(v, torch.Tensor)}  # DiffULA's x_opt, GIAS's latents
+        atomic_write(out/"result.pt", lambda p: torch.save(dict(images=r.images, labels=r.labels, case=asdict(case),
+                     history=r.history, snapshots=r.snapshots, restart_distances=r.restart_distances, **tensors), p))
         res["files"] = files + ["result.pt", "metrics.json"]
         write_json(out/"metrics.json", res)                        # last: its presence means the case is complete
-    return res
+    return CaseRun(res, r, user, other)
 
 # %% ../nbs/04b_pipeline.ipynb #357f5187
 def load_result(folder:str|Path, case:Case|None=None)->dict|None:
@@ -389,7 +276,7 @@ def run_cases(cases:Sequence[Case], # the cases to run
               progress:bool=True, # a progress bar over the cases
              )->list[dict]:
     "Run every case not yet finished under `out` (a finished case is never run again) and return all their metrics."
-    if executor not in ("local", "ray"): raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if executor not in EXECUTORS: raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     out = check_out_dir(out)
     cases = [c.validate() for c in cases]
     todo = [c for c in cases if load_result(out/c.key(), c) is None]
@@ -419,15 +306,24 @@ def reference_rows(users:Sequence[int], base:Case, out:Path)->list[dict]:
         write_json(f, r); rows.append(r)
     return rows
 
-def _leak_summary(results:Sequence[dict])->dict:
-    "Own batch against another user's, and the budget, for one method."
-    own = np.array([r["similarity_to_batch"] for r in results])
-    oth = np.array([r["similarity_to_other_user"] for r in results])
+def leak_summary(results:Sequence[dict], # metrics of one method (or arm) over users (`run_case` / `run_cases`)
+                )->dict:
+    ("Does the method single out its user, and what does it read: own batch against another user's, attributes "
+     "against chance, face rate, budget; one summary for Table 1, the analysis and the benchmarks.")
+    if not results: raise ValueError("leak_summary needs at least one case result")
+    own = np.array([r["similarity_to_batch"] for r in results], dtype=float)
+    oth = np.array([r["similarity_to_other_user"] for r in results], dtype=float)
+    val = lambda v: np.nan if v is None else float(v)
+    mean = lambda k: round(float(np.nanmean([val(r["metrics"][k]) for r in results])), 4)
+    ages = np.array([val(r["true"]["age"]) for r in results])
+    chance = float(np.nanmean(np.abs(ages - np.nanmean(ages)))) if np.isfinite(ages).any() else float("nan")
     b = [r["budget"] for r in results]
-    return dict(users=len(results), own_gt_other=int((own > oth).sum()),
-                mean_similarity_gap=round(float((own - oth).mean()), 4),
-                steps=int(np.mean([x.get("steps", 0) for x in b])),
-                wall_s=round(float(np.mean([x.get("wall_s", 0) for x in b])), 1))
+    return dict(users=len(results), own_gt_other=int((own > oth).sum()), similarity_own=round(float(own.mean()), 4),
+                similarity_other=round(float(oth.mean()), 4), similarity_gap=round(float((own - oth).mean()), 4),
+                gender_acc=mean("gender_correct"), race_acc=mean("race_correct"), age_mae=mean("age_error"),
+                age_mae_chance=round(chance, 2), face_rate=mean("face_rate"), mse=mean("mse"),
+                feature_distance=mean("feature_distance"), steps=int(np.mean([x["steps"] for x in b])),
+                wall_s=round(float(np.mean([x["wall_s"] for x in b])), 1))
 
 def table1(out:str|Path, # results folder (resumable: finished cases are kept)
            users:int=20, # number of users
@@ -441,6 +337,9 @@ def table1(out:str|Path, # results folder (resumable: finished cases are kept)
            **case_kw, # `Case` fields for all cases (data, batch_size, image_size, bn_mode, preset, config, seed, ...)
           )->dict:
     "Table 1 over many users: every (method, user) case, then table1.md / table1.csv / table1.json in `out`."
+    if int(users) != users or users < 1: raise ValueError(f"users must be an integer >= 1, got {users}")
+    if int(first_user) != first_user or first_user < 0:
+        raise ValueError(f"first_user must be an integer >= 0, got {first_user}")
     out = check_out_dir(out)
     base = Case(**case_kw)
     us = list(range(first_user, first_user + users))
@@ -452,11 +351,11 @@ def table1(out:str|Path, # results folder (resumable: finished cases are kept)
     results = run_cases(cases, out, executor, jobs, address, progress)
     by = {m: [r for r in results if r["case"]["method"] == m] for m in methods}
     ref = reference_rows(us, base, out)
-    leak = {m: _leak_summary(rs) for m, rs in by.items()}
+    leak = {m: leak_summary(rs) for m, rs in by.items()}
     md = table1_markdown({m: [r["metrics"] for r in rs] for m, rs in by.items()}, ref)
     md += ("\n| leak and budget | own batch > other user | mean similarity gap | steps | wall time per user (s) |\n"
            "|---|---|---|---|---|\n")
-    md += "".join(f"| {m} | {s['own_gt_other']}/{s['users']} | {s['mean_similarity_gap']} | "
+    md += "".join(f"| {m} | {s['own_gt_other']}/{s['users']} | {s['similarity_gap']} | "
                   f"{s['steps']} | {s['wall_s']} |\n"
                   for m, s in leak.items())
     lines = ["method,metric,mean,se,n"]
@@ -465,8 +364,8 @@ def table1(out:str|Path, # results folder (resumable: finished cases are kept)
             lines.append(f"{m},{k},{'' if mu is None else mu},{'' if se is None else se},{n}")
     settings = {k: v for k, v in asdict(base).items() if k not in ("method", "user")}
     if mc: settings["method_config"] = mc
-    _atomic(out/"table1.md", lambda p: p.write_text(md))
-    _atomic(out/"table1.csv", lambda p: p.write_text("\n".join(lines) + "\n"))
+    write_text(out/"table1.md", md)
+    write_text(out/"table1.csv", "\n".join(lines) + "\n")
     summary = dict(settings=settings, users=us, methods=list(methods), leak=leak,
                    aggregate={m: {k: v for k, v in aggregate([r["metrics"] for r in rs]).items()}
                               for m, rs in by.items()})

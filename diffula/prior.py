@@ -13,6 +13,7 @@ from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .data import data_dir, resize, to_signed, to_unit
+from .adm import load_adm_unet  # stage 01's converter of guided-diffusion checkpoints
 
 # %% auto #0
 __all__ = ['DiffusionPrior', 'load_prior', 'plot_forward', 'gradient_agreement']
@@ -178,8 +179,7 @@ def load_prior(source:str|os.PathLike, # "synthfaces", a diffusers folder, a hub
                                     "to the folder that holds synthfaces_prior/")
         prior = _from_folder(path)
     elif s.endswith((".pt", ".pth", ".ckpt")):
-        from diffula.adm import load_adm_prior  # stage 01a; imported here because it builds on this module
-        prior = load_adm_prior(s, image_size=image_size, num_head_channels=num_head_channels)
+        prior = DiffusionPrior(*load_adm_unet(s, image_size=image_size, num_head_channels=num_head_channels))
     elif Path(s).is_dir(): prior = _from_folder(Path(s))
     elif Path(s).exists() or s.startswith((".", "/", "~")) or s.count("/") != 1 or os.sep + os.sep in s:
         raise FileNotFoundError(f"{s} is not a diffusers model folder, an ADM .pt checkpoint, 'synthfaces' "

@@ -1,13 +1,14 @@
-"""Tests for diffula.baselines that the notebook cannot hold: the generator loader's messages, exact resumption of
-generator training, tiny end-to-end runs of both baselines, the generator left untouched, and CUDA paths."""
+"""Tests for diffula.baselines and diffula.generator that the notebooks cannot hold: the generator loader's messages,
+exact resumption of generator training, tiny end-to-end runs of both baselines, the generator left untouched, and CUDA paths."""
 import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffula.baselines import (BaselineResult, FaceGenerator, GEN_WEIGHTS, GIASConfig, IGConfig, gias, inverting_gradients,
-                               load_generator, train_generator)
+from diffula.attack_core import AttackResult
+from diffula.baselines import GIASConfig, IGConfig, gias, inverting_gradients
+from diffula.generator import FaceGenerator, GEN_WEIGHTS, load_generator, train_generator
 from diffula.formulation import client_gradient, resnet18
 from diffula.synthfaces import SynthFaces
 
@@ -35,8 +36,8 @@ def tiny_generator(size=16, seed=0):
 def test_loader_names_missing_file_and_regenerating_function(tmp_path, monkeypatch):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(FileNotFoundError) as e: load_generator(missing)
-    assert str(missing) in str(e.value) and "diffula.baselines.train_generator()" in str(e.value)
-    assert "nbs/03a_baselines.ipynb" in str(e.value)
+    assert str(missing) in str(e.value) and "diffula.generator.train_generator()" in str(e.value)
+    assert "nbs/01c_generator.ipynb" in str(e.value)
     monkeypatch.setenv("DIFFULA_DATA", str(tmp_path))  # the default location, emptied
     with pytest.raises(FileNotFoundError, match=GEN_WEIGHTS): load_generator()
 
@@ -71,19 +72,20 @@ def test_train_generator_resumes_exactly_and_loads(tmp_path):
 def test_ig_end_to_end_reduces_the_distance(case):
     user, model, observed = case
     r = inverting_gradients(observed, model, IGConfig.smoke(steps=30, tv=0.0), batch_size=2)
-    assert isinstance(r, BaselineResult) and r.method == "ig"
+    assert isinstance(r, AttackResult) and r.method == "ig"
     assert r.images.shape == (2, 3, 16, 16) and 0 <= r.images.min() and r.images.max() <= 1
     assert torch.equal(r.labels, user.labels.sort().values)  # recovered, sorted by class
     d = r.history["grad_distance"]
     assert len(d) == 30 and min(d[-5:]) < d[0]
-    assert r.budget["steps"] == 30 and r.budget["model_forward"] == 30 and r.budget["model_backward"] == 60
+    assert r.budget.steps == 30 and r.budget.model_forward == 30 and r.budget.model_backward == 60
 
 
 def test_ig_restarts_pick_the_best_and_count_scoring(case):
     user, model, observed = case
     r = inverting_gradients(observed, model, IGConfig.smoke(steps=3, restarts=2), labels=user.labels)
     assert len(r.restart_distances) == 2 and r.seed == int(torch.tensor(r.restart_distances).argmin())
-    assert r.budget["steps"] == 6 and r.budget["model_forward"] == 6 + 2 and r.budget["model_backward"] == 12 + 2
+    assert r.budget.steps == 6 and r.budget.model_forward == 6 + 2 and r.budget.model_backward == 12 + 2
+    assert r.budget.restarts == 2
 
 
 def test_gias_end_to_end_with_a_generator_of_another_size(case):
@@ -93,9 +95,7 @@ def test_gias_end_to_end_with_a_generator_of_another_size(case):
     r = gias(observed, model, G, GIASConfig.smoke(latent_steps=4, param_steps=4), labels=user.labels)
     assert r.images.shape == (2, 3, 16, 16) and r.latent_images.shape == (2, 3, 16, 16) and r.latents.shape == (2, 8)
     assert 0 <= r.images.min() and r.images.max() <= 1
-    assert r.budget["latent_steps"] == 4 and r.budget["param_steps"] == 4 and r.budget["generator_backward"] == 8 * 2
-    assert set(r.budget) >= {"steps", "wall_time_s", "model_forward", "model_backward",
-                             "generator_forward", "generator_backward"}
+    assert r.history["stage"] == ["latent"] * 4 + ["param"] * 4 and r.budget.generator_backward == 8 * 2
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items())  # the caller's generator is untouched
     assert not any(p.requires_grad for p in G.parameters()) and all(p.grad is None for p in model.parameters())
 
@@ -127,5 +127,5 @@ def test_both_run_on_cuda_and_return_cpu_tensors(case):
     r = inverting_gradients(observed, model, IGConfig.smoke(device="cuda"), labels=user.labels)
     g = gias(observed, model, tiny_generator(), GIASConfig.smoke(device="cuda"), labels=user.labels)
     assert r.images.device.type == "cpu" and g.images.device.type == "cpu"
-    assert r.budget["device"].startswith("cuda") and g.budget["device"].startswith("cuda")
+    assert r.config.device.startswith("cuda") and g.config.device.startswith("cuda")
     assert next(model.parameters()).device.type == "cpu"  # the caller's model stays where it was
