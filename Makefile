@@ -1,6 +1,7 @@
 # diffula: two commands do everything on a fresh machine (see README.md).
 #   make demo   create .venv, install what the demo needs, run the embedded demo (writes out/demo/)
 #   make test   create .venv, install the project with its test extras, check export/clean, run notebook tests and pytest
+#               (tests marked slow are skipped: `make test-slow` runs them)
 #   make bench  the benchmarks that print the README's numbers (long: see benchmarks/)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,19 +10,21 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out/demo
+# The CPU build of torch installed where there is no GPU (the one place this version is written).
+TORCH_CPU ?= 2.13.0
 
 # Tests and notebooks never wait on a model hub (an unreachable hub otherwise retries for ~20 s).
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test install install-runtime bench nbcheck nbtest pytest clean-venv
+.PHONY: demo test test-slow install install-runtime bench nbcheck nbtest pytest clean-venv
 
 install-runtime: $(RUNTIME)
 install: $(STAMP)
 
 # torch first, chosen by the hardware: with a GPU, pip's default (CUDA) build in the range setup.py asks for;
-# without one, the CPU build 2.13.0 — the local wheel where pip's find-links has one (its dependencies from the
+# without one, the CPU build $(TORCH_CPU) — the local wheel where pip's find-links has one (its dependencies from the
 # package index), else the PyTorch CPU index. An existing torch is never replaced. Then the project, constrained
 # so that pip cannot swap the torch just chosen for another build.
 $(RUNTIME): setup.py settings.ini
@@ -32,12 +35,12 @@ $(RUNTIME): setup.py settings.ini
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 	  echo "GPU found: installing a CUDA build of torch"; \
 	  $(BIN)/python -m pip install -q "torch>=2.2,<2.14"; \
-	elif $(BIN)/python -m pip install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then \
-	  echo "no GPU: installed the local CPU build of torch 2.13.0; its dependencies:"; \
-	  $(BIN)/python -m pip install -q torch==2.13.0; \
+	elif $(BIN)/python -m pip install -q --no-index --no-deps torch==$(TORCH_CPU) 2>/dev/null; then \
+	  echo "no GPU: installed the local CPU build of torch $(TORCH_CPU); its dependencies:"; \
+	  $(BIN)/python -m pip install -q torch==$(TORCH_CPU); \
 	else \
-	  echo "no GPU: installing the CPU build of torch 2.13.0 from the PyTorch CPU index"; \
-	  $(BIN)/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+	  echo "no GPU: installing the CPU build of torch $(TORCH_CPU) from the PyTorch CPU index"; \
+	  $(BIN)/python -m pip install -q torch==$(TORCH_CPU) --index-url https://download.pytorch.org/whl/cpu \
 	    --extra-index-url https://pypi.org/simple; \
 	fi
 	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
@@ -81,10 +84,17 @@ nbcheck: $(STAMP)
 nbtest: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
+# Tests marked @pytest.mark.slow are skipped here (tests/conftest.py); `make test-slow` runs them.
 pytest: $(STAMP)
 	$(BIN)/python -m pytest tests/ -q
 
 test: nbcheck nbtest pytest
+
+# Only the tests marked slow: kill-and-resume of `diffula table1` and the Ray executor against local processes (about
+# 20 s and 80 s on a quiet 2-core machine; up to 5 and 10 min before they give up). CI runs them after `make test`
+# (see .ci/run for why).
+test-slow: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/ -q --runslow -m slow
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,6 +15,7 @@ c = cfg["DEFAULT"]
 
 classifiers = {"3": "Development Status :: 3 - Alpha"}
 scripts = [s.strip() for s in c.get("console_scripts", "").split() if s.strip()]
+url = c.get("git_url", "").strip()  # empty until the project has a public home: then no URL at all, not a placeholder
 
 setuptools.setup(
     name=c["lib_name"],
@@ -24,7 +25,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     author=c["author"],
     author_email=c["author_email"],
-    url=c["git_url"],
+    **({"url": url} if url else {}),
     license="Apache-2.0",
     keywords=c["keywords"].split(),
     classifiers=[

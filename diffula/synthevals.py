@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from .data import data_dir, check_images, resize, to_signed, to_unit
-from .synthfaces import sample_users, sample_nuisance, render_faces, SynthFaces, RACE_NAMES, _SKIN
+from .synthfaces import sample_users, sample_nuisance, render_faces, SynthFaces, RACE_NAMES, SKIN_TONES
 
 # %% auto #0
 __all__ = ['EVAL_SIZE', 'NONFACE_KINDS', 'EVAL_WEIGHTS', 'gaussian_blur', 'add_noise', 'to_eval_size', 'non_faces', 'AttrNet',
@@ -89,7 +89,7 @@ def non_faces(n:int, # number of images
                 cx, cy = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6)
                 ax, ay = rng.uniform(0.15, 0.6), rng.uniform(0.15, 0.7)
                 m = torch.sigmoid(-(torch.sqrt(((X - cx)/ax)**2 + ((Y - cy)/ay)**2) - 1)*min(ax, ay)/0.04)
-                col = np.clip(_SKIN[rng.integers(0, 4)] + rng.normal(0, 0.1, 3), 0, 1)
+                col = np.clip(SKIN_TONES[rng.integers(0, 4)] + rng.normal(0, 0.1, 3), 0, 1)
                 col = torch.as_tensor(col, dtype=torch.float32)[:, None, None]
                 img = img + m*(col - img)
             out[i] = img

@@ -9,16 +9,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .data import User, resize
+from .case import TASK_LABELS  # the two federated task labels, named once for every stage
 
 # %% auto #0
-__all__ = ['RACE_NAMES', 'GENDER_NAMES', 'AGE_RANGE', 'TASK_LABELS', 'sample_users', 'sample_nuisance', 'render_faces',
+__all__ = ['RACE_NAMES', 'GENDER_NAMES', 'AGE_RANGE', 'SKIN_TONES', 'sample_users', 'sample_nuisance', 'render_faces',
            'task_labels', 'user_params', 'SynthFaces', 'random_faces']
 
 # %% ../nbs/00b_synthfaces.ipynb #e37e7574
 RACE_NAMES = ('light', 'olive', 'brown', 'dark')  # the four skin-tone classes of the race-like attribute
 GENDER_NAMES = ('female-like', 'male-like')
 AGE_RANGE = (20.0, 70.0)
-_SKIN = np.array([[0.96, 0.80, 0.69], [0.88, 0.72, 0.50], [0.66, 0.44, 0.29], [0.36, 0.23, 0.15]])
+# the mean skin colour (RGB in [0, 1]) of each skin-tone class, in the order of RACE_NAMES
+SKIN_TONES = np.array([[0.96, 0.80, 0.69], [0.88, 0.72, 0.50], [0.66, 0.44, 0.29], [0.36, 0.23, 0.15]])
 _HAIR = np.array([[0.07, 0.05, 0.04], [0.28, 0.17, 0.09], [0.52, 0.35, 0.18], [0.86, 0.72, 0.42], [0.58, 0.22, 0.08]])
 _HAIR_P = np.array([[.2, .25, .2, .2, .15], [.7, .25, .05, 0, 0], [.6, .35, .05, 0, 0], [.85, .15, 0, 0, 0]])  # by race
 _EYE = np.array([[0.38, 0.22, 0.08], [0.16, 0.10, 0.05], [0.25, 0.45, 0.78], [0.28, 0.55, 0.30], [0.50, 0.56, 0.62]])
@@ -42,7 +44,7 @@ def sample_users(n:int, # number of users
         beard=((g == 1) & (rng.random(n) < 0.4)).astype(np.int64),
         eye_rgb=_EYE[rng.integers(0, 5, n)], glasses=(rng.random(n) < 0.25).astype(np.int64),
         frame_rgb=rng.uniform(0.0, 0.35, (n, 3)), brow=rng.uniform(0.010, 0.016, n) + 0.007*g,
-        skin_rgb=np.clip(_SKIN[r] + rng.normal(0, 0.02, (n, 3)), 0, 1), charm=rng.normal(0, 1, n))
+        skin_rgb=np.clip(SKIN_TONES[r] + rng.normal(0, 0.02, (n, 3)), 0, 1), charm=rng.normal(0, 1, n))
 
 # %% ../nbs/00b_synthfaces.ipynb #922ef5fa
 def sample_nuisance(n:int, # number of images
@@ -245,8 +247,6 @@ def render_faces(ident:dict, # identity and private attributes, one row per imag
     return F.interpolate(img, size=(size, size), mode='area') if base % size == 0 else resize(img, size)
 
 # %% ../nbs/00b_synthfaces.ipynb #192db494
-TASK_LABELS = ("expression", "identity")
-
 def task_labels(ident:dict, # identity rows (see `sample_users`)
                 nuis:dict, # nuisance rows (see `sample_nuisance`)
                 kind:str="expression", # "expression": mostly the image's smile; "identity": mostly the person's charm

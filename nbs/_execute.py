@@ -3,8 +3,8 @@
     .venv/bin/python nbs/_execute.py nbs/03_attack.ipynb [more.ipynb ...]     # or: make notebooks NBS="03_attack 04_evaluation"
 
 The skipped cells keep the outputs they were committed with (they were produced by a full run: `--all` reruns them
-too, which can take hours on a CPU). One torch thread, the Agg backend, HF_HUB_OFFLINE=1, each notebook in its own
-kernel started in nbs/. Run `nbdev_clean` afterwards (the Makefile target does).
+too, which can take hours on a CPU). One torch thread, HF_HUB_OFFLINE=1, each notebook in its own
+kernel started in nbs/ with the inline figure backend. Run `nbdev_clean` afterwards (the Makefile target does).
 """
 import argparse, os, sys, time
 from pathlib import Path
@@ -43,7 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("notebooks", nargs="+", help="notebook paths (or stems under nbs/)")
     p.add_argument("--all", action="store_true", help="also run the #| slow and #| cuda cells")
     a = p.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1"); os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # figures must land in the notebook as outputs: the inline backend, whatever MPLBACKEND the caller has (Agg drops them)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     here = Path(__file__).parent
     for n in a.notebooks:

@@ -1,12 +1,17 @@
-"""Tests for the `diffula` command line: options documented, assets checked before any work, one-line errors, one schema."""
+"""Tests for the `diffula` command line: options documented, no torch until the options are sound, impossible values
+refused by the parser, assets checked before any work, one-line errors, one schema, the installed console script."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from diffula.case import METHOD_NAMES
 from diffula.cli import build_parser, main
 from diffula.data import make_celeba_fixture
 
@@ -19,11 +24,52 @@ def test_help_documents_every_option(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for opt in ("--data", "--user", "--batch-size", "--prior", "--steps", "--device", "--out", "--image-size", "--prior-grad",
-                "--bn-mode", "--gm-weight", "--restarts", "--method", "--label-kind", "--set"):
+                "--bn-mode", "--gm-weight", "--restarts", "--method", "--task-label", "--set", *METHOD_NAMES):
         assert opt in out, opt
-    for cmd, opt in (("demo", "--control"), ("table1", "--executor")):
+    assert "--label-kind" not in out                          # one name for the task label, no alias
+    for cmd, opt in (("demo", "--control"), ("table1", "--executor"), ("table1", "gias")):
         with pytest.raises(SystemExit) as e: main([cmd, "--help"])
         assert e.value.code == 0 and opt in capsys.readouterr().out
+
+
+def test_importing_the_cli_and_its_errors_load_no_torch():
+    probe = ("import sys, contextlib, io\n"
+             "import diffula.cli\n"
+             "assert 'torch' not in sys.modules, 'import diffula.cli imported torch'\n"
+             "for argv in (['--help'], ['attack', '--help'], ['table1', '--users', '0'], ['attack', '--label-kind', 'x']):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+             "        try: diffula.cli.main(argv)\n"
+             "        except SystemExit: pass\n"
+             "    assert 'torch' not in sys.modules, argv\n")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+
+
+def test_task_label_is_the_one_name():
+    a = build_parser().parse_args(["attack", "--task-label", "expression"])
+    assert a.task_label == "expression" and not hasattr(a, "label_kind")
+    assert build_parser().parse_args(["table1"]).task_label == "identity"    # the demo's
+    with pytest.raises(SystemExit) as e: build_parser().parse_args(["attack", "--label-kind", "expression"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["table1", "--users", "0"], "argument --users: must be at least 1, got 0"),
+    (["table1", "--users", "-4"], "argument --users: must be at least 1, got -4"),
+    (["table1", "--users", "two"], "argument --users: expected an integer, got 'two'"),
+    (["table1", "--first-user", "-1"], "argument --first-user: must be at least 0, got -1"),
+    (["table1", "--jobs", "0"], "argument --jobs: must be at least 1, got 0"),
+    (["figures", "--jobs", "0"], "argument --jobs: must be at least 1, got 0"),
+    (["attack", "--user", "-1"], "argument --user: must be at least 0, got -1"),
+    (["demo", "--user", "-1"], "argument --user: must be at least 0, got -1"),
+])
+def test_impossible_ranges_are_usage_errors(argv, msg, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: main(argv + ["--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0] == f"diffula {argv[0]}: error: {msg}", err
+    assert "NaN" not in err and not (tmp_path / "o").exists()
 
 
 def test_defaults():
@@ -41,6 +87,7 @@ def test_defaults():
     (["attack", "--steps", "0"], "steps"),
     (["attack", "--method", "nope"], "unknown method"),
     (["table1", "--methods", "diffula,nope", "--users", "1"], "unknown method"),
+    (["table1", "--methods", ",", "--users", "1"], "names no method"),
 ])
 def test_bad_input_fails_fast(argv, needle, tmp_path, capsys):
     t0 = time.perf_counter()
@@ -82,7 +129,7 @@ def test_demo_attack_and_table1_write_one_schema(tmp_path, capsys):
     for other in [att] + tab:
         assert set(other) == set(demo) and set(other["metrics"]) == set(demo["metrics"])
         assert set(other["settings"]) == set(demo["settings"]) and set(other["budget"]) >= {"steps", "wall_s"}
-    for key in ("bn_mode", "gm_weight", "image_size", "batch_size", "label_kind"): assert key in demo["settings"]
+    for key in ("bn_mode", "gm_weight", "image_size", "batch_size", "task_label"): assert key in demo["settings"]
     assert {"similarity_to_batch", "similarity_to_other_user"} <= set(demo)
     assert (tmp_path / "demo" / "reconstruction.png").stat().st_size > 1000
     assert (tmp_path / "t" / "table1.md").exists() and "leak and budget" in (tmp_path / "t" / "table1.md").read_text()
@@ -99,7 +146,29 @@ def test_celeba_users_through_the_cli(tmp_path, capsys):
     assert "only 2 users" in capsys.readouterr().err
 
 
-def test_console_script_entry_point():
-    p = subprocess.run([sys.executable, "-c", "from diffula.cli import main; raise SystemExit(main(['attack', '--prior', 'nope.pt']))"],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "nope.pt" in p.stderr
+def _installed_script() -> str:
+    "The `diffula` executable that pip installed beside this interpreter (else on PATH)."
+    exe = Path(sys.executable).with_name("diffula")
+    exe = str(exe) if exe.exists() else shutil.which("diffula")
+    if exe is None: pytest.fail("no `diffula` console script: install the project (pip install -e .)")
+    return exe
+
+
+def test_installed_console_script(tmp_path):
+    exe = _installed_script()
+    (tmp_path / "torch").mkdir()                              # a torch that cannot be imported: the answers below need none
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('diffula imported torch')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    run = lambda *argv: subprocess.run([exe, *argv], capture_output=True, text=True, timeout=120, env=env)
+    h = run("--help")
+    assert h.returncode == 0 and all(c in h.stdout for c in ("demo", "attack", "table1", "figures")), h.stderr
+    h = run("attack", "--help")
+    assert h.returncode == 0 and all(m in h.stdout for m in METHOD_NAMES) and "--task-label" in h.stdout, h.stderr
+    e = run("table1", "--users", "0", "--out", str(tmp_path / "t"))
+    assert e.returncode == 2 and e.stderr.strip().splitlines()[-1] == \
+        "diffula table1: error: argument --users: must be at least 1, got 0", e.stderr
+    assert not (tmp_path / "t").exists()
+    e = subprocess.run([exe, "attack", "--prior", "nope.pt", "--out", str(tmp_path / "a")],   # the real torch: main's
+                       capture_output=True, text=True, timeout=300)                           # one-line asset error
+    last = e.stderr.strip().splitlines()[-1]
+    assert e.returncode == 2 and last.startswith("diffula attack: error:") and "nope.pt" in last, e.stderr

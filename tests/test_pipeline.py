@@ -1,4 +1,8 @@
-"""Tests for the case runner that a notebook cannot hold: killed runs resume without recomputing, Ray matches local."""
+"""Tests for the case runner that a notebook cannot hold: killed runs resume without recomputing, Ray matches local.
+
+The two kill-and-resume tests are marked slow (about 20 s and 80 s on a quiet 2-core machine; they give up after 300 s
+and 600 s without a finished case): `pytest --runslow` or DIFFULA_RUNSLOW=1 runs them, `make test-slow` (and CI) runs
+only them (tests/conftest.py)."""
 import os
 import json
 import signal
@@ -10,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffula.pipeline import Case, run_cases, load_result, table1
+from diffula.case import Case
+from diffula.pipeline import run_cases, load_result, table1
 
 torch.set_num_threads(1)
 SMOKE = dict(steps=2, t_star=10, denoise_method="ddim")
@@ -42,6 +47,7 @@ def _mtimes(out):
     return {p: p.stat().st_mtime_ns for p in Path(out).rglob("metrics.json")}
 
 
+@pytest.mark.slow
 def test_killed_table1_resumes_without_recomputing(tmp_path):
     out = tmp_path / "t"
     argv = ["table1", "--users", "3", "--steps", "2", "--t-star", "10", "--set", 'denoise_method="ddim"', "--out", str(out)]
@@ -66,8 +72,9 @@ def test_a_result_of_another_case_is_not_reused(tmp_path):
     assert load_result(tmp_path / c.key(), c) is not None
 
 
-@pytest.mark.skipif(not any(Path(p, "ray").exists() for p in sys.path if p), reason="the ray extra is not installed")
+@pytest.mark.slow
 def test_ray_executor_resumes_and_matches_local(tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     out = tmp_path / "ray"
     argv = ["table1", "--users", "2", "--executor", "ray", "--jobs", "2", "--steps", "2", "--t-star", "10",
             "--set", 'denoise_method="ddim"', "--out", str(out)]
@@ -78,5 +85,4 @@ def test_ray_executor_resumes_and_matches_local(tmp_path):
     assert all(p.stat().st_mtime_ns == m for p, m in before.items())
     local = run_cases(cases, tmp_path / "local", executor="local", progress=False)
     assert [_stable(a) for a in got] == [_stable(b) for b in local]   # identical results for the same seeds
-    import ray
     ray.shutdown()
