@@ -21,7 +21,7 @@ from .files import atomic_write, write_json, write_text, save_figure, check_out_
 from .pipeline import METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config, leak_summary
 
 # %% auto #0
-__all__ = ['FIGURE_PRESETS', 'trace_case', 'turning_point', 'tau_tradeoff', 'batch_size_sweep', 'susceptibility', 'fig_overview',
+__all__ = ['FIGURE_STUDIES', 'trace_case', 'turning_point', 'tau_tradeoff', 'batch_size_sweep', 'susceptibility', 'fig_overview',
            'fig_methods', 'fig_trace', 'fig_progression', 'fig_demographics', 'fig_curves', 'table2_markdown',
            'figures']
 
@@ -255,7 +255,7 @@ def table2_markdown(rows:Sequence[dict], # case results at one batch size (`run_
             + " | users |\n|" + "---|"*(len(cols) + 2)
             + f"\n| {label} | " + " | ".join(cell(k) for _, k in cols) + f" | {len(rows)} |\n")
 
-FIGURE_PRESETS = {  # what `figures` runs: "quick" is CPU-sized, "full" the 20-user evaluation (hours on a CPU)
+FIGURE_STUDIES = {  # how much `figures` runs (not a method preset): "quick" is CPU-sized, "full" the 20-user evaluation (hours on a CPU)
     "quick": dict(users=3, config=dict(steps=120, lr=5.0, snapshot_every=20), batch_sizes=(1, 8, 30), large_batch=100,
                   large_users=1, large_config=dict(steps=60, lr=8.0, snapshot_every=10), t_ends=(500, 700),
                   trace_every=6, baselines=dict(ig=dict(steps=120), gias=dict(latent_steps=20, param_steps=100))),
@@ -264,13 +264,13 @@ FIGURE_PRESETS = {  # what `figures` runs: "quick" is CPU-sized, "full" the 20-u
 }
 
 def figures(out:str|Path, # where the figures, tables, manifest and the runs behind them go
-            quick:bool=False, # the CPU-sized preset (FIGURE_PRESETS["quick"])
+            quick:bool=False, # the CPU-sized study (FIGURE_STUDIES["quick"])
             jobs:int=1, # parallel cases
             progress:bool=True, # progress bars
            )->dict:
     ("Every figure and table of the paper this workspace reproduces, from stored runs (running what is missing), "
      "with a manifest.")
-    out = check_out_dir(out); runs = out/"runs"; P = FIGURE_PRESETS["quick" if quick else "full"]
+    out = check_out_dir(out); runs = out/"runs"; P = FIGURE_STUDIES["quick" if quick else "full"]
     cmd = f"diffula figures --out {out}" + (" --quick" if quick else "")
     base = Case.demo(config=dict(P["config"]))
     users = list(range(P["users"]))

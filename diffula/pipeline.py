@@ -17,7 +17,7 @@ from .case import Case, METHOD_NAMES, EXECUTORS
 from .files import atomic_write, write_json, write_text, save_figure, check_out_dir
 from .data import User, celeba_users, folder_users, resolve_device
 from .formulation import resnet18, client_gradient
-from .synthfaces import SynthFaces
+from .synthfaces import synthfaces_user
 from .prior import load_prior
 from .generator import load_generator
 from .attack_core import AttackResult
@@ -125,10 +125,8 @@ def load_users(case:Case)->tuple[User, User]:
     "The case's user (its first `batch_size` images) and a random other user, from the case's data source."
     kind, _, path = case.data.partition(":")
     if kind == "synthfaces":
-        other = other_user_index(case)
-        users = SynthFaces(max(case.user, other) + 1, case.batch_size, seed=case.stream_seed, size=case.image_size,
-                           task_label=case.task_label)
-        return users[case.user], users[other]
+        one = lambda i: synthfaces_user(i, case.batch_size, case.stream_seed, case.image_size, case.task_label)
+        return one(case.user), one(other_user_index(case))          # the two users alone, whatever their index
     load = celeba_users if kind == "celeba" else folder_users
     users = load(path, min_images=case.batch_size, n_users=case.user + 11, max_images=case.batch_size,
                  size=case.image_size)

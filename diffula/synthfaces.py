@@ -13,7 +13,7 @@ from .case import TASK_LABELS  # the two federated task labels, named once for e
 
 # %% auto #0
 __all__ = ['RACE_NAMES', 'GENDER_NAMES', 'AGE_RANGE', 'SKIN_TONES', 'sample_users', 'sample_nuisance', 'render_faces',
-           'task_labels', 'user_params', 'SynthFaces', 'random_faces']
+           'task_labels', 'user_params', 'synthfaces_user', 'SynthFaces', 'random_faces']
 
 # %% ../nbs/00b_synthfaces.ipynb #e37e7574
 RACE_NAMES = ('light', 'olive', 'brown', 'dark')  # the four skin-tone classes of the race-like attribute
@@ -268,6 +268,20 @@ def user_params(seed:int, # stream seed
     return {k: np.repeat(v, n_images, axis=0) for k, v in ident.items()}, nuis
 
 # %% ../nbs/00b_synthfaces.ipynb #90b21e07
+def synthfaces_user(i:int, # user index in the stream
+                    images_per_user:int, # images of the user
+                    seed:int=0, # stream seed
+                    size:int=64, # image side in px (<= 64)
+                    task_label:str="expression", # see `SynthFaces`
+                   )->User:
+    "User `i` of the stream `seed` alone, without rendering users 0 … i−1 (the same user `SynthFaces` lists at i)."
+    if i < 0: raise ValueError(f"user must be >= 0, got {i}")
+    ident, nuis = user_params(seed, i, images_per_user)
+    attrs = dict(gender=int(ident['gender'][0]), race=int(ident['race'][0]), age=float(ident['age'][0]),
+                 identity=f"synth{seed}-{i}", params={k: v[0] for k, v in ident.items()})
+    return User(f"synth{seed}-{i}", render_faces(ident, nuis, size),
+                torch.as_tensor(task_labels(ident, nuis, task_label)), attributes=attrs)
+
 class SynthFaces(list):
     "`n_users` SynthFaces users (a `list[User]`, like the CelebA and folder loaders) with true attributes."
     def __init__(self, n_users:int, # number of users
@@ -283,12 +297,7 @@ class SynthFaces(list):
         if task_label not in TASK_LABELS:
             raise ValueError(f"task_label must be one of {TASK_LABELS}, got {task_label!r}")
         self.seed, self.size, self.task_label = seed, size, task_label
-        for i in range(n_users):
-            ident, nuis = user_params(seed, i, images_per_user)
-            attrs = dict(gender=int(ident['gender'][0]), race=int(ident['race'][0]), age=float(ident['age'][0]),
-                         identity=f"synth{seed}-{i}", params={k: v[0] for k, v in ident.items()})
-            self.append(User(f"synth{seed}-{i}", render_faces(ident, nuis, size),
-                             torch.as_tensor(task_labels(ident, nuis, task_label)), attributes=attrs))
+        self.extend(synthfaces_user(i, images_per_user, seed, size, task_label) for i in range(n_users))
 
 # %% ../nbs/00b_synthfaces.ipynb #dd108c36
 def random_faces(n:int, # number of images (each of a fresh user)

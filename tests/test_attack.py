@@ -103,28 +103,23 @@ def test_labels_override_and_missing_batch_size(case):
         diffula_attack(grads, model, prior, cfg(steps=1), labels=torch.tensor([0, 5]))
 
 
-def test_same_seed_same_output_other_seed_differs(case):
+def test_other_seed_differs_and_the_callers_rng_is_untouched(case):
+    "The notebook shows that a seed repeats bit for bit; here: another seed differs, and the caller's RNG is left as found."
     model, grads, y, prior = case
     state = torch.get_rng_state()
     a = diffula_attack(grads, model, prior, cfg(seed=3), batch_size=4)
-    b = diffula_attack(grads, model, prior, cfg(seed=3), batch_size=4)
     c = diffula_attack(grads, model, prior, cfg(seed=4), batch_size=4)
-    assert torch.equal(a.x_opt, b.x_opt) and torch.equal(a.x_final, b.x_final)
-    assert a.history["grad_distance"] == b.history["grad_distance"]
     assert not torch.equal(a.x_opt, c.x_opt)
-    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_keyboard_interrupt_returns_partial(case):
+def test_denoise_on_interrupt_still_denoises(case):
+    "The notebook shows Ctrl-C's partial, undenoised result; with denoise_on_interrupt the partial x0 is denoised."
     model, grads, y, prior = case
     def stop(i, x, rec):
         if i == 2: raise KeyboardInterrupt
-    r = diffula_attack(grads, model, prior, cfg(steps=50, snapshot_every=10), batch_size=4, callbacks=[stop])
-    assert r.interrupted and r.steps_done == 3 and len(r.history["step"]) == 3
-    assert not r.denoised and torch.equal(r.x_final, r.x_opt)
-    assert r.snapshots[-1][0] == 3
-    r2 = diffula_attack(grads, model, prior, cfg(steps=50, denoise_on_interrupt=True), batch_size=4, callbacks=[stop])
-    assert r2.interrupted and r2.denoised and not torch.equal(r2.x_final, r2.x_opt)
+    r = diffula_attack(grads, model, prior, cfg(steps=50, denoise_on_interrupt=True), batch_size=4, callbacks=[stop])
+    assert r.interrupted and r.steps_done == 3 and r.denoised and not torch.equal(r.x_final, r.x_opt)
 
 
 def test_jacobian_free_mode_and_prior_loss(case):
@@ -140,21 +135,18 @@ def test_jacobian_free_mode_and_prior_loss(case):
     assert r.steps_done == 4 and np.isfinite(r.history["prior"]).all()
 
 
-def test_bad_gradients(case):
+def test_nan_gradients_are_rejected(case):
+    "Wrong counts and shapes are the notebook's checks; a gradient with NaN in it is rejected too."
     model, grads, y, prior = case
-    with pytest.raises(ValueError, match="parameters"):
-        diffula_attack(grads[:-1], model, prior, cfg(), batch_size=4)
-    with pytest.raises(ValueError, match="shape"):
-        diffula_attack([g[..., :1] for g in grads], model, prior, cfg(), batch_size=4)
     with pytest.raises(ValueError, match="NaN"):
         diffula_attack([g * float("nan") for g in grads], model, prior, cfg(), batch_size=4)
 
 
-@pytest.mark.parametrize("channels", [1, 4])
-def test_prior_channels_must_be_rgb(case, channels):
+def test_a_four_channel_prior_is_rejected(case):
+    "The notebook rejects a greyscale prior; a latent-style 4-channel UNet does not fit either."
     model, grads, y, _ = case
-    with pytest.raises(ValueError, match=f"{channels} channels"):
-        diffula_attack(grads, model, tiny_prior(channels), cfg(), batch_size=4)
+    with pytest.raises(ValueError, match="4 channels"):
+        diffula_attack(grads, model, tiny_prior(4), cfg(), batch_size=4)
 
 
 def test_bad_config_is_rejected_by_the_attack(case):
