@@ -21,9 +21,9 @@ from .files import atomic_write, write_json, write_text, save_figure, check_out_
 from .pipeline import METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config, leak_summary
 
 # %% auto #0
-__all__ = ['FIGURE_STUDIES', 'trace_case', 'turning_point', 'tau_tradeoff', 'batch_size_sweep', 'susceptibility', 'fig_overview',
-           'fig_methods', 'fig_trace', 'fig_progression', 'fig_demographics', 'fig_curves', 'table2_markdown',
-           'figures']
+__all__ = ['FIGURE_STUDIES', 'trace_case', 'moving_average', 'turning_point', 'tau_tradeoff', 'batch_size_sweep',
+           'susceptibility', 'fig_overview', 'fig_methods', 'fig_trace', 'fig_progression', 'fig_demographics',
+           'fig_curves', 'table2_markdown', 'figures', 'attributes_right', 'attribute_score', 'sign_test']
 
 # %% ../nbs/05_failure_analysis.ipynb #8f3f37ff
 def trace_case(case:Case, # a DiffULA (or control) case
@@ -55,12 +55,21 @@ def trace_case(case:Case, # a DiffULA (or control) case
     if f is not None: atomic_write(f, lambda p: torch.save(t, p))
     return t
 
+def moving_average(s:Sequence[float], # a curve, one value per record
+                   window:int=3, # records averaged (centred)
+                  )->np.ndarray:
+    ("Centred moving average that averages only the records that exist: near the ends the window shrinks "
+     "(no zero padding, so the ends are not pulled toward 0).")
+    s = np.asarray(s, dtype=float); i = np.arange(len(s))
+    lo, hi = np.maximum(i - window//2, 0), np.minimum(i + (window - 1)//2 + 1, len(s))   # the records in each window
+    c = np.concatenate([[0.0], np.cumsum(s)])
+    return (c[hi] - c[lo])/(hi - lo)
+
 def turning_point(trace:dict, # from `trace_case`
                   window:int=3, # smoothing window (records)
                  )->dict:
     "Where the similarity to the own batch peaks, τ there, and how much is lost by the end (Fig. 8's late divergence)."
-    s = np.asarray(trace["sim_own"], dtype=float)
-    sm = np.convolve(s, np.ones(window)/window, mode="same") if len(s) >= window else s
+    sm = moving_average(trace["sim_own"], window)
     k = int(np.argmax(sm))
     return dict(peak_step=int(trace["step"][k]), peak_tau=int(trace["tau"][k]), peak_similarity=round(float(sm[k]), 4),
                 final_similarity=round(float(sm[-1]), 4), loss_after_peak=round(float(sm[k] - sm[-1]), 4),
@@ -255,7 +264,7 @@ def table2_markdown(rows:Sequence[dict], # case results at one batch size (`run_
             + " | users |\n|" + "---|"*(len(cols) + 2)
             + f"\n| {label} | " + " | ".join(cell(k) for _, k in cols) + f" | {len(rows)} |\n")
 
-FIGURE_STUDIES = {  # how much `figures` runs (not a method preset): "quick" is CPU-sized, "full" the 20-user evaluation (hours on a CPU)
+FIGURE_STUDIES = {  # how much `figures` runs (not a method preset): "quick" is CPU-sized, "full" the 20-user evaluation
     "quick": dict(users=3, config=dict(steps=120, lr=5.0, snapshot_every=20), batch_sizes=(1, 8, 30), large_batch=100,
                   large_users=1, large_config=dict(steps=60, lr=8.0, snapshot_every=10), t_ends=(500, 700),
                   trace_every=6, baselines=dict(ig=dict(steps=120), gias=dict(latent_steps=20, param_steps=100))),
@@ -330,3 +339,27 @@ def figures(out:str|Path, # where the figures, tables, manifest and the runs beh
         note("susceptibility", ["susceptibility.json"], "does the signal ceiling predict which users leak (Spearman)")
     write_json(out/"manifest.json", manifest)
     return manifest
+
+# %% ../nbs/05_failure_analysis.ipynb #c4a9e2d1
+def attributes_right(r:dict, # a case result (`run_case` / `run_cases`): its `true` and `inferred` attributes
+                     age_tolerance:float=10.0, # years within which an age counts as right
+                    )->int:
+    "How many of gender, race and age (within `age_tolerance` years) the reconstruction reads right: 0 to 3."
+    t, i = r["true"], r["inferred"]
+    return int(t["gender"] == i["gender"]) + int(t["race"] == i["race"]) + int(abs(t["age"] - i["age"]) <= age_tolerance)
+
+def attribute_score(r:dict, # a case result: its `metrics`
+                   )->float:
+    "The benchmarks' per-user attribute score: gender right + race right − age error/10 (no ties on age)."
+    m = r["metrics"]
+    return int(m["gender_correct"]) + int(m["race_correct"]) - m["age_error"]/10
+
+def sign_test(a:Sequence[float], # the attack's per-user values
+              b:Sequence[float], # the control's, same users in the same order
+             )->dict:
+    "One-sided paired sign test that a > b, ties dropped: wins, losses, ties and the p-value."
+    from scipy.stats import binomtest
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    wins, losses = int((a > b).sum()), int((a < b).sum())
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return dict(wins=wins, losses=losses, ties=int(len(a) - wins - losses), p_value=round(float(p), 5))

@@ -65,8 +65,8 @@ class AttackConfig:
 
     @classmethod
     def cpu(cls, **kw)->AttackConfig:
-        ("480 steps (η = 2.5: the schedules compressed from 4,000 steps), Jacobian-free g_p: "
-         "about 2 minutes on one CPU core at 32 px, B = 8.")
+        ("The demonstration's preset: 480 steps (η = 2.5: the schedules compressed from 4,000 steps), "
+         "Jacobian-free g_p.")
         return cls(**{**dict(steps=480, lr=2.5, snapshot_every=80, prior_grad="jacobian_free"), **kw})
 
     @classmethod
@@ -178,14 +178,6 @@ def augmented_distance(x:Tensor, # (1,3,R,R) candidate image in [0, 1] (any size
     return float(np.mean(ds))
 
 # %% ../nbs/03_attack.ipynb #24a05657
-def _check_prior(prior, model):
-    if not isinstance(prior, DiffusionPrior):
-        raise ValueError(f"prior must be a diffula.prior.DiffusionPrior (use load_prior), got {type(prior).__name__}")
-    if prior.in_channels != 3:
-        raise ValueError(f"the prior's UNet takes {prior.in_channels} channels but the attack reconstructs RGB images "
-                         "for the federated model: use a pixel-space DDPM with in_channels=3 "
-                         "(latent or greyscale models do not fit)")
-
 def _prior_step(prior, x0, t, noise, full):
     "g_p = ∇_x0 ‖ε - ε_θ(x_τ, τ)‖² (Eq. 13 at one (τ, ε), w_t = 1) and the loss value."
     if full:
@@ -253,8 +245,7 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget
         snapshots.append((steps, to01(x0)))
     x_opt, denoised = x0.detach(), False
     if c.t_star is not None and (not interrupted or c.denoise_on_interrupt):
-        dgen = torch.Generator(device).manual_seed(seed + 104729)       # z of the denoising chain
-        # x_{t*} ← x0
+        dgen = torch.Generator(device).manual_seed(seed + 104729)       # z of the denoising chain; x_{t*} ← x0
         count = prior.eps_model.register_forward_hook(lambda m, args, out: budget.prior(len(args[0])))
         try: x_fin = prior.denoise(x_opt, c.t_star, method=c.denoise_method, progress=c.progress, generator=dgen)
         finally: count.remove()
@@ -262,6 +253,15 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget
     else: x_fin = x_opt
     return Run(dict(x_opt=to01(x_opt), x_final=to01(x_fin), denoised=denoised), history, snapshots, steps,
                interrupted, seed)
+
+# %% ../nbs/03_attack.ipynb #c4e1a0b1
+def _check_prior(prior, model):
+    if not isinstance(prior, DiffusionPrior):
+        raise ValueError(f"prior must be a diffula.prior.DiffusionPrior (use load_prior), got {type(prior).__name__}")
+    if prior.in_channels != 3:
+        raise ValueError(f"the prior's UNet takes {prior.in_channels} channels but the attack reconstructs RGB images "
+                         "for the federated model: use a pixel-space DDPM with in_channels=3 "
+                         "(latent or greyscale models do not fit)")
 
 # %% ../nbs/03_attack.ipynb #2fb6cf37
 def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model parameter

@@ -96,8 +96,8 @@ class DeepFaceEvaluator(FaceEvaluator):
         if missing:
             raise FileNotFoundError(
                 "DeepFace's " + ", ".join(f"{k} model needs {p.name}" for k, p in missing.items()) +
-                f"; DeepFace downloads them from its deepface_models release on GitHub, which this machine cannot "
-                f"reach. Copy them into {self.weights_dir} (or set DEEPFACE_HOME to a folder with .deepface/weights/ "
+                f"; DeepFace downloads them from its deepface_models release on GitHub, which cannot be reached "
+                f"offline. Copy them into {self.weights_dir} (or set DEEPFACE_HOME to a folder with .deepface/weights/ "
                 "holding them), "
                 "or evaluate with predict_attributes=False (face detection and similarity only).")
 

@@ -21,10 +21,10 @@ from .synthfaces import RACE_NAMES, GENDER_NAMES, AGE_RANGE
 from .synthevals import Evaluators, to_eval_size
 
 # %% auto #0
-__all__ = ['LPIPS_BACKBONES', 'SYNTH_FEATURE_LAYERS', 'EVAL_STREAM', 'METRIC_KEYS', 'match_size', 'mse_matrix', 'optimal_pairing',
+__all__ = ['SYNTH_FEATURE_LAYERS', 'EVAL_STREAM', 'METRIC_KEYS', 'LPIPS_BACKBONES', 'match_size', 'mse_matrix', 'optimal_pairing',
            'image_quality', 'lpips_distance', 'shipped_evaluators', 'synth_features', 'synth_feature_distance',
            'FaceReadout', 'FaceEvaluator', 'SynthFacesEvaluator', 'ensemble_attributes', 'semantic_metrics',
-           'reference_metrics', 'empty_metrics', 'evaluate_user', 'mean_se', 'aggregate', 'table1_markdown']
+           'reference_metrics', 'evaluate_user', 'mean_se', 'aggregate', 'table1_markdown', 'empty_metrics']
 
 # %% ../nbs/04_evaluation.ipynb #3b418d34
 def match_size(recon:Tensor, # (R,3,h,w) reconstructions in [0,1]
@@ -89,27 +89,6 @@ def image_quality(recon:Tensor, # (1,3,h,w) user-level or (B,3,h,w) sample-level
     return out
 
 # %% ../nbs/04_evaluation.ipynb #4b6380ac
-# torchvision's file names
-LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
-                   "squeeze": "squeezenet1_1-b8a52dc0.pth"}
-
-@functools.lru_cache(maxsize=3)
-def _lpips_model(net:str):
-    if net not in LPIPS_BACKBONES:
-        raise ValueError(f"LPIPS backbone must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
-    ckpt = Path(torch.hub.get_dir())/"checkpoints"/LPIPS_BACKBONES[net]
-    where = (f"the ImageNet weights of its {net} backbone, torchvision's {LPIPS_BACKBONES[net]}, at {ckpt} "
-             "(torch.hub's checkpoint folder; set TORCH_HOME to move it)")
-    try: import lpips
-    except Exception as e:  # ModuleNotFoundError, or torchvision's "operator torchvision::nms does not exist"
-        raise ImportError(f"real LPIPS needs the `lpips` package and a torchvision that works with this torch "
-                          f"({type(e).__name__}: {e}), plus {where}. On SynthFaces use synth_feature_distance.") from e
-    if not ckpt.exists(): raise FileNotFoundError(f"real LPIPS needs {where}: not found; copy the file there")
-    heads = Path(lpips.__file__).parent/"weights"/"v0.1"/f"{net}.pth"
-    if not heads.exists():
-        raise FileNotFoundError(f"the lpips package's linear heads are missing: {heads}; reinstall `lpips`")
-    return lpips.LPIPS(net=net, verbose=False).eval()
-
 def lpips_distance(a:Tensor, # (Na,3,H,W) images in [0,1]
                    b:Tensor, # (Nb,3,H,W) images in [0,1], same size as `a`
                    net:str="alex", # LPIPS backbone: alex, vgg or squeeze
@@ -320,43 +299,6 @@ def reference_metrics(batch:Tensor, # (B,3,H,W) the user's private batch in [0,1
     return out
 
 # %% ../nbs/04_evaluation.ipynb #0ca27e5f
-METRIC_KEYS = {
-    "kind": "user-level (1 reconstruction), sample-level (B reconstructions) or reference (the private batch itself)",
-    "n_images": "B, images in the private batch",
-    "n_recon": "R, reconstructions scored (1, B, or 0 for the reference)",
-    "mse": "MSE in [0,1] pixel units: user-level mean over the batch; sample-level x̂_i vs x_i; "
-           "reference: pairs i != j",
-    "psnr": "PSNR in dB, per pair then averaged, same pairs as mse",
-    "mse_disamb": "sample-level: MSE under the MSE-optimal pairing (Jonker-Volgenant); None otherwise",
-    "psnr_disamb": "sample-level: PSNR under the same pairing; None otherwise",
-    "feature_metric": "name of the perceptual distance (synth_feature_distance, lpips_distance(net=alex), ...)",
-    "feature_distance": "perceptual distance, same pairs as mse",
-    "feature_distance_disamb": "sample-level: perceptual distance under the MSE-optimal pairing; None otherwise",
-    "evaluator": "face evaluator back end (synthfaces, deepface-dlib)",
-    "face_rate": "fraction of reconstructions (reference: batch images) with a detected face",
-    "face_detected": "at least one reconstruction (reference: batch image) has a detected face",
-    "similarity": "facial similarity (embedding cosine) with the batch, mean over face-detected reconstructions "
-                  "(all if none); reference: pairs i != j",
-    "similarity_all": "facial similarity, mean over all reconstructions",
-    "gender_pred": "predicted gender (batch-ensemble rule; random guess if no face)",
-    "race_pred": "predicted race (batch-ensemble rule)",
-    "age_pred": "predicted age in years (batch-ensemble rule)",
-    "gender_true": "true gender in the evaluator's label space", "race_true": "true race",
-    "age_true": "true age in years",
-    "truth_source": "known (the user's attributes) or batch (the evaluator's ensemble reading of the private batch)",
-    "guessed": "no reconstruction had a face, so the attributes are a seeded random guess",
-    "gender_correct": "1.0 if gender_pred == gender_true else 0.0",
-    "race_correct": "1.0 if race_pred == race_true else 0.0",
-    "age_error": "|age_pred - age_true| in years",
-    "gender_acc_all": "fraction of reconstructions (reference: batch images) whose own gender prediction is right",
-    "race_acc_all": "fraction of reconstructions (reference: batch images) whose own race prediction is right",
-    "age_error_all": "mean over reconstructions (reference: batch images) of |age - age_true|",
-}
-
-def empty_metrics()->dict:
-    "A metrics dict with every key of `METRIC_KEYS` set to None."
-    return dict.fromkeys(METRIC_KEYS)
-
 def evaluate_user(recon:Tensor, # (1,3,h,w) user-level or (B,3,h,w) sample-level reconstructions in [0,1]
                   batch:Tensor, # (B,3,H,W) the user's private batch in [0,1]
                   evaluator:FaceEvaluator|None=None, # face readings (default: SynthFacesEvaluator)
@@ -441,3 +383,63 @@ def table1_markdown(methods:dict[str, Sequence[dict]], # method name -> per-user
             b.append(f"| {name} | " + " | ".join(_cell(ag, k, digits) for k in _B_KEYS["ensemble"])
                      + f" | {n_users(rs)} |")
     return "\n".join(a) + "\n\n" + "\n".join(b) + "\n"
+
+# %% ../nbs/04_evaluation.ipynb #45842aef
+METRIC_KEYS = {
+    "kind": "user-level (1 reconstruction), sample-level (B reconstructions) or reference (the private batch itself)",
+    "n_images": "B, images in the private batch",
+    "n_recon": "R, reconstructions scored (1, B, or 0 for the reference)",
+    "mse": "MSE in [0,1] pixel units: user-level mean over the batch; sample-level x̂_i vs x_i; "
+           "reference: pairs i != j",
+    "psnr": "PSNR in dB, per pair then averaged, same pairs as mse",
+    "mse_disamb": "sample-level: MSE under the MSE-optimal pairing (Jonker-Volgenant); None otherwise",
+    "psnr_disamb": "sample-level: PSNR under the same pairing; None otherwise",
+    "feature_metric": "name of the perceptual distance (synth_feature_distance, lpips_distance(net=alex), ...)",
+    "feature_distance": "perceptual distance, same pairs as mse",
+    "feature_distance_disamb": "sample-level: perceptual distance under the MSE-optimal pairing; None otherwise",
+    "evaluator": "face evaluator back end (synthfaces, deepface-dlib)",
+    "face_rate": "fraction of reconstructions (reference: batch images) with a detected face",
+    "face_detected": "at least one reconstruction (reference: batch image) has a detected face",
+    "similarity": "facial similarity (embedding cosine) with the batch, mean over face-detected reconstructions "
+                  "(all if none); reference: pairs i != j",
+    "similarity_all": "facial similarity, mean over all reconstructions",
+    "gender_pred": "predicted gender (batch-ensemble rule; random guess if no face)",
+    "race_pred": "predicted race (batch-ensemble rule)",
+    "age_pred": "predicted age in years (batch-ensemble rule)",
+    "gender_true": "true gender in the evaluator's label space", "race_true": "true race",
+    "age_true": "true age in years",
+    "truth_source": "known (the user's attributes) or batch (the evaluator's ensemble reading of the private batch)",
+    "guessed": "no reconstruction had a face, so the attributes are a seeded random guess",
+    "gender_correct": "1.0 if gender_pred == gender_true else 0.0",
+    "race_correct": "1.0 if race_pred == race_true else 0.0",
+    "age_error": "|age_pred - age_true| in years",
+    "gender_acc_all": "fraction of reconstructions (reference: batch images) whose own gender prediction is right",
+    "race_acc_all": "fraction of reconstructions (reference: batch images) whose own race prediction is right",
+    "age_error_all": "mean over reconstructions (reference: batch images) of |age - age_true|",
+}
+
+def empty_metrics()->dict:
+    "A metrics dict with every key of `METRIC_KEYS` set to None."
+    return dict.fromkeys(METRIC_KEYS)
+
+# %% ../nbs/04_evaluation.ipynb #bcd3d503
+# torchvision's file names
+LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
+                   "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+
+@functools.lru_cache(maxsize=3)
+def _lpips_model(net:str):
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"LPIPS backbone must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
+    ckpt = Path(torch.hub.get_dir())/"checkpoints"/LPIPS_BACKBONES[net]
+    where = (f"the ImageNet weights of its {net} backbone, torchvision's {LPIPS_BACKBONES[net]}, at {ckpt} "
+             "(torch.hub's checkpoint folder; set TORCH_HOME to move it)")
+    try: import lpips
+    except Exception as e:  # ModuleNotFoundError, or torchvision's "operator torchvision::nms does not exist"
+        raise ImportError(f"real LPIPS needs the `lpips` package and a torchvision that works with this torch "
+                          f"({type(e).__name__}: {e}), plus {where}. On SynthFaces use synth_feature_distance.") from e
+    if not ckpt.exists(): raise FileNotFoundError(f"real LPIPS needs {where}: not found; copy the file there")
+    heads = Path(lpips.__file__).parent/"weights"/"v0.1"/f"{net}.pth"
+    if not heads.exists():
+        raise FileNotFoundError(f"the lpips package's linear heads are missing: {heads}; reinstall `lpips`")
+    return lpips.LPIPS(net=net, verbose=False).eval()

@@ -16,7 +16,7 @@ from .data import data_dir, resize, to_signed, to_unit
 from .adm import load_adm_unet  # stage 01's converter of guided-diffusion checkpoints
 
 # %% auto #0
-__all__ = ['DiffusionPrior', 'load_prior', 'plot_forward', 'gradient_agreement']
+__all__ = ['DiffusionPrior', 'plot_forward', 'gradient_agreement', 'load_prior']
 
 # %% ../nbs/01_ddpm_prior.ipynb #119a9748
 def _size(s):
@@ -129,64 +129,6 @@ def add_noise(self:DiffusionPrior,
     "Eq. 9: x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε, via the scheduler."
     t = _check_t(self, t, x0.shape[0], x0.device)
     return self.scheduler.add_noise(x0, noise, t)  # Eq. 9
-
-# %% ../nbs/01_ddpm_prior.ipynb #72e4dca5
-def _offline(): return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-def _from_folder(path:Path, **kw)->DiffusionPrior:
-    "A DDPMPipeline folder (unet/ + scheduler/) or a bare UNet folder (config.json [+ scheduler_config.json])."
-    if (path/"unet"/"config.json").exists(): unet_dir = path/"unet"
-    elif (path/"config.json").exists(): unet_dir = path
-    else: raise FileNotFoundError(f"{path} holds neither unet/config.json nor config.json: "
-                                  "not a diffusers model folder")
-    if not any(unet_dir.glob("diffusion_pytorch_model*")):
-        raise FileNotFoundError(f"no weight file diffusion_pytorch_model.* in {unet_dir}: "
-                                "the model folder is incomplete")
-    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False, **kw)
-    if (path/"scheduler"/"scheduler_config.json").exists(): sched = DDPMScheduler.from_pretrained(path/"scheduler")
-    elif (path/"scheduler_config.json").exists(): sched = DDPMScheduler.from_pretrained(path)
-    else: sched = DDPMScheduler(num_train_timesteps=1000)
-    return DiffusionPrior(unet, sched)
-
-def _from_hub(repo_id:str, **kw)->DiffusionPrior:
-    from huggingface_hub import snapshot_download
-    try: path = Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as e:
-        if _offline():
-            name = repo_id.split('/')[-1]
-            raise FileNotFoundError(
-                f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. On a connected machine "
-                f"run `huggingface-cli download {repo_id} --local-dir ./{name}`, copy the folder here and "
-                f"pass its path: load_prior('./{name}')") from e
-        path = Path(snapshot_download(repo_id))
-    return _from_folder(path, **kw)
-
-# %% ../nbs/01_ddpm_prior.ipynb #3c2c17f2
-def load_prior(source:str|os.PathLike, # "synthfaces", a diffusers folder, a hub id, or an ADM .pt/.pth checkpoint
-               device:str|torch.device="cpu", # where to put the model
-               dtype:torch.dtype=torch.float32, # model dtype
-               image_size:int=256, # ADM only: the checkpoint's resolution
-               num_head_channels:int=64, # ADM only: channels per attention head
-               scheduler:DDPMScheduler|None=None, # override the scheduler (ADM default: linear 1e-4..0.02, T=1000)
-              )->DiffusionPrior:
-    "Load a DDPM prior: 'synthfaces', a diffusers folder, a hub id (cache only when offline) or an ADM checkpoint."
-    s = str(source)
-    if s == "synthfaces":
-        path = data_dir()/"synthfaces_prior"
-        if not (path/"unet").exists():
-            raise FileNotFoundError(f"the SynthFaces prior is not at {path}: train it with "
-                                    "diffula.synthprior.train_prior() (nbs/01b_synthprior.ipynb) or set DIFFULA_DATA "
-                                    "to the folder that holds synthfaces_prior/")
-        prior = _from_folder(path)
-    elif s.endswith((".pt", ".pth", ".ckpt")):
-        prior = DiffusionPrior(*load_adm_unet(s, image_size=image_size, num_head_channels=num_head_channels))
-    elif Path(s).is_dir(): prior = _from_folder(Path(s))
-    elif Path(s).exists() or s.startswith((".", "/", "~")) or s.count("/") != 1 or os.sep + os.sep in s:
-        raise FileNotFoundError(f"{s} is not a diffusers model folder, an ADM .pt checkpoint, 'synthfaces' "
-                                "or a hub id 'owner/name'")
-    else: prior = _from_hub(s)
-    if scheduler is not None: prior = DiffusionPrior(prior.eps_model, scheduler)
-    return prior.to(device=device, dtype=dtype)
 
 # %% ../nbs/01_ddpm_prior.ipynb #83694086
 def plot_forward(prior:DiffusionPrior,
@@ -340,3 +282,61 @@ def sample(self:DiffusionPrior,
     T = self.num_train_timesteps
     return torch.cat([self.denoise(zb, T - 1, method=method, steps=steps, generator=generator, progress=progress)
                       for zb in z.split(batch_size or max(n, 1))])
+
+# %% ../nbs/01_ddpm_prior.ipynb #72e4dca5
+def _offline(): return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+def _from_folder(path:Path, **kw)->DiffusionPrior:
+    "A DDPMPipeline folder (unet/ + scheduler/) or a bare UNet folder (config.json [+ scheduler_config.json])."
+    if (path/"unet"/"config.json").exists(): unet_dir = path/"unet"
+    elif (path/"config.json").exists(): unet_dir = path
+    else: raise FileNotFoundError(f"{path} holds neither unet/config.json nor config.json: "
+                                  "not a diffusers model folder")
+    if not any(unet_dir.glob("diffusion_pytorch_model*")):
+        raise FileNotFoundError(f"no weight file diffusion_pytorch_model.* in {unet_dir}: "
+                                "the model folder is incomplete")
+    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False, **kw)
+    if (path/"scheduler"/"scheduler_config.json").exists(): sched = DDPMScheduler.from_pretrained(path/"scheduler")
+    elif (path/"scheduler_config.json").exists(): sched = DDPMScheduler.from_pretrained(path)
+    else: sched = DDPMScheduler(num_train_timesteps=1000)
+    return DiffusionPrior(unet, sched)
+
+def _from_hub(repo_id:str, **kw)->DiffusionPrior:
+    from huggingface_hub import snapshot_download
+    try: path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:
+        if _offline():
+            name = repo_id.split('/')[-1]
+            raise FileNotFoundError(
+                f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. On a connected machine "
+                f"run `huggingface-cli download {repo_id} --local-dir ./{name}`, copy the folder here and "
+                f"pass its path: load_prior('./{name}')") from e
+        path = Path(snapshot_download(repo_id))
+    return _from_folder(path, **kw)
+
+# %% ../nbs/01_ddpm_prior.ipynb #3c2c17f2
+def load_prior(source:str|os.PathLike, # "synthfaces", a diffusers folder, a hub id, or an ADM .pt/.pth checkpoint
+               device:str|torch.device="cpu", # where to put the model
+               dtype:torch.dtype=torch.float32, # model dtype
+               image_size:int=256, # ADM only: the checkpoint's resolution
+               num_head_channels:int=64, # ADM only: channels per attention head
+               scheduler:DDPMScheduler|None=None, # override the scheduler (ADM default: linear 1e-4..0.02, T=1000)
+              )->DiffusionPrior:
+    "Load a DDPM prior: 'synthfaces', a diffusers folder, a hub id (cache only when offline) or an ADM checkpoint."
+    s = str(source)
+    if s == "synthfaces":
+        path = data_dir()/"synthfaces_prior"
+        if not (path/"unet").exists():
+            raise FileNotFoundError(f"the SynthFaces prior is not at {path}: train it with "
+                                    "diffula.synthprior.train_prior() (nbs/01b_synthprior.ipynb) or set DIFFULA_DATA "
+                                    "to the folder that holds synthfaces_prior/")
+        prior = _from_folder(path)
+    elif s.endswith((".pt", ".pth", ".ckpt")):
+        prior = DiffusionPrior(*load_adm_unet(s, image_size=image_size, num_head_channels=num_head_channels))
+    elif Path(s).is_dir(): prior = _from_folder(Path(s))
+    elif Path(s).exists() or s.startswith((".", "/", "~")) or s.count("/") != 1 or os.sep + os.sep in s:
+        raise FileNotFoundError(f"{s} is not a diffusers model folder, an ADM .pt checkpoint, 'synthfaces' "
+                                "or a hub id 'owner/name'")
+    else: prior = _from_hub(s)
+    if scheduler is not None: prior = DiffusionPrior(prior.eps_model, scheduler)
+    return prior.to(device=device, dtype=dtype)
