@@ -25,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
+from diffula.analysis import attribute_score, sign_test  # noqa: E402  (one definition, stage 05)
+
 
 def one(args):
     "One user's case (run_case sets torch to one thread for the run); --set keys that are Case fields go to the case."
@@ -46,20 +48,10 @@ def arm_summary(rows):
     return dict(leak_summary(rows), s_per_user=round(float(np.mean([r["timings"]["attack_s"] for r in rows])), 1))
 
 
-def sign_test(a, b):
-    "One-sided paired sign test that a > b, ties dropped: (wins, losses, p-value)."
-    from scipy.stats import binomtest
-    a, b = np.asarray(a), np.asarray(b)
-    wins, losses = int((a > b).sum()), int((a < b).sum())
-    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
-    return dict(wins=wins, losses=losses, ties=int(len(a) - wins - losses), p_value=round(float(p), 5))
-
-
 def paired(att, ctl):
     "Paired comparisons of the attack with its control, user by user."
     gap = lambda rows: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rows]
-    score = lambda rows: [int(r["metrics"]["gender_correct"]) + int(r["metrics"]["race_correct"]) - r["metrics"]["age_error"]/10
-                          for r in rows]
+    score = lambda rows: [attribute_score(r) for r in rows]
     return dict(similarity_gap=sign_test(gap(att), gap(ctl)),
                 similarity_own=sign_test([r["similarity_to_batch"] for r in att], [r["similarity_to_batch"] for r in ctl]),
                 attributes=sign_test(score(att), score(ctl)))

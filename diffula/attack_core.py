@@ -108,8 +108,7 @@ class AttackResult:
         h = self.history.get("grad_distance") or []
         last = f", d={h[-1]:.4f}" if h else ""
         return (f"AttackResult({self.method}: images {tuple(self.images.shape)}, labels {self.label_counts.tolist()}, "
-                f"{self.steps_done} steps{' (interrupted)' if self.interrupted else ''}{last}, "
-                f"{self.budget.wall_s:.1f}s)")
+                f"{self.steps_done} steps{' (interrupted)' if self.interrupted else ''}{last})")
 
 # %% ../nbs/02a_attack_core.ipynb #1475c68c
 def step_loop(steps:int, # steps to take

@@ -93,8 +93,7 @@ class IGConfig:
 
     @classmethod
     def cpu(cls, **kw)->IGConfig:
-        ("400 steps (the same schedule, compressed): about 80 s of one CPU core at 32 px, B = 8 "
-         "(longer on a shared machine).")
+        "400 steps (the same schedule, compressed): the demo's budget at 32 px, B = 8."
         return cls(**{**dict(steps=400), **kw})
 
     @classmethod
@@ -181,8 +180,7 @@ class GIASConfig:
 
     @classmethod
     def cpu(cls, **kw)->GIASConfig:
-        ("40 + 240 steps (both schedules compressed): about 75 s of one CPU core at 32 px, B = 8 "
-         "(longer on a shared machine).")
+        "40 + 240 steps (both schedules compressed): the demo's budget at 32 px, B = 8."
         return cls(**{**dict(latent_steps=40, param_steps=240), **kw})
 
     @classmethod

@@ -8,7 +8,8 @@ import hashlib, json
 from dataclasses import dataclass, field, asdict
 
 # %% auto #0
-__all__ = ['BN_MODES', 'TASK_LABELS', 'PRESETS', 'EVALUATORS', 'EXECUTORS', 'METHOD_NAMES', 'Case']
+__all__ = ['BN_MODES', 'TASK_LABELS', 'PRESETS', 'EVALUATORS', 'EXECUTORS', 'METHOD_NAMES', 'DEFENCES', 'Defence',
+           'parse_defence', 'Case']
 
 # %% ../nbs/00_case.ipynb #fb738f1f
 BN_MODES = ("eval", "train")  # BatchNorm mode of the client's gradient and the attacker's candidates (stage 00)
@@ -18,6 +19,60 @@ EVALUATORS = ("synthfaces", "deepface")  # who reads faces: the offline SynthFac
 EXECUTORS = ("local", "ray")  # where many cases run: local processes, or Ray tasks
 # the attack methods of the case runner (stage 04b); `register_method` appends new ones
 METHOD_NAMES: list[str] = ["diffula", "control", "ig", "gias"]
+
+# %% ../nbs/00_case.ipynb #568cc082
+DEFENCES = {  # kind -> its parameters and their defaults (ints stay ints)
+    "fedsgd": {},
+    "fedavg": {"steps": 1, "lr": 0.01, "batch": 0},
+    "dp": {"clip": 1.0, "sigma": 0.0, "delta": 1e-5, "rate": 0.01, "rounds": 100},
+    "prune": {"p": 0.0},
+    "aggregate": {"users": 1},
+}
+_DEFENCE_CHECKS = {  # (kind, parameter) -> (test, what it must be)
+    ("fedavg", "steps"): (lambda v: v >= 1, "an integer >= 1"), ("fedavg", "lr"): (lambda v: v > 0, "> 0"),
+    ("fedavg", "batch"): (lambda v: v >= 0, "an integer >= 0 (0: the whole batch)"),
+    ("dp", "clip"): (lambda v: v > 0, "> 0 (inf: no clipping)"), ("dp", "sigma"): (lambda v: v >= 0, ">= 0"),
+    ("dp", "delta"): (lambda v: 0 < v < 1, "in (0, 1)"), ("dp", "rate"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("dp", "rounds"): (lambda v: v >= 1, "an integer >= 1"), ("prune", "p"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("aggregate", "users"): (lambda v: v >= 1, "an integer >= 1"),
+}
+
+@dataclass(frozen=True)
+class Defence:
+    "A parsed defence spec: its kind and every parameter (defaults filled in)."
+    kind: str = "fedsgd"  # one of DEFENCES
+    params: tuple = ()  # ((name, value), ...) in DEFENCES order
+
+    def get(self, name:str):
+        "One parameter's value."
+        return dict(self.params)[name]
+
+    def __str__(self):
+        return self.kind + ("" if not self.params else ":" + ",".join(f"{k}={v}" for k, v in self.params))
+
+def parse_defence(spec:str, # "kind" or "kind:name=value,..." (see DEFENCES)
+                 )->Defence:
+    "Parse a defence spec, with a one-line ValueError naming what is wrong."
+    if not isinstance(spec, str): raise ValueError(f"defence: a spec is a string such as 'dp:clip=1,sigma=0.01', got {spec!r}")
+    kind, _, rest = spec.strip().partition(":")
+    if kind not in DEFENCES: raise ValueError(f"defence: unknown kind {kind!r}; one of {', '.join(DEFENCES)}")
+    vals = dict(DEFENCES[kind])
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq: raise ValueError(f"defence {kind}: {item!r} is not name=value")
+        if k not in vals:
+            raise ValueError(f"defence {kind}: unknown parameter {k!r}" + (f"; it takes {', '.join(vals)}" if vals
+                                                                          else "; it takes none"))
+        try: x = float(v)
+        except ValueError: raise ValueError(f"defence {kind}: {k} must be a number, got {v!r}") from None
+        if isinstance(vals[k], int):
+            if x != int(x): raise ValueError(f"defence {kind}: {k} must be an integer, got {v!r}")
+            x = int(x)
+        vals[k] = x
+    for k, x in vals.items():
+        test, what = _DEFENCE_CHECKS[(kind, k)]
+        if not test(x): raise ValueError(f"defence {kind}: {k} must be {what}, got {x}")
+    return Defence(kind, tuple(vals.items()))
 
 # %% ../nbs/00_case.ipynb #7e357e4a
 @dataclass
@@ -38,6 +93,7 @@ class Case:
     config: dict = field(default_factory=dict)  # overrides of the method's config fields, e.g. {"steps": 100}
     seed: int = 0  # seeds the attack, the other user and the ensemble's random guess
     device: str = "cpu"  # "cpu" or "cuda[:N]"
+    defence: str = "fedsgd"  # what the server observes: a defence spec (`parse_defence`), e.g. "dp:clip=1,sigma=0.01"
 
     @classmethod
     def demo(cls, **kw)->Case:
@@ -65,9 +121,13 @@ class Case:
         if self.preset not in PRESETS: bad(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if not isinstance(self.config, dict):
             bad(f"config must be a dict of overrides, got {type(self.config).__name__}")
+        try: parse_defence(self.defence)
+        except ValueError as e: bad(str(e))
         return self
 
     def key(self)->str:
         "A stable folder name for this case's results: method/u<user>-s<seed>-<hash of every setting>."
-        h = hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:10]
+        d = asdict(self)
+        if parse_defence(self.defence).kind == "fedsgd": del d["defence"]  # FedSGD cases keep the keys they had
+        h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.method}/u{self.user:04d}-s{self.seed}-{h}"

@@ -190,7 +190,7 @@ def load_generator(path:str|Path|None=None, # safetensors file (default data_dir
     if not path.exists():
         raise FileNotFoundError(f"SynthFaces generator weights not found: {path}. Regenerate them with "
                                 "`diffula.generator.train_generator()` (the #| slow cell of nbs/01c_generator.ipynb; "
-                                "about 45 min on one CPU thread, minutes on a GPU)")
+                                "a long run on a CPU, faster with device='cuda')")
     with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
     if not {"z_dim", "width", "size"} <= set(meta):
         raise ValueError(f"{path} is not a FaceGenerator file written by train_generator "

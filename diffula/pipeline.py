@@ -13,10 +13,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
-from .case import Case, METHOD_NAMES, EXECUTORS
+from .case import Case, METHOD_NAMES, EXECUTORS, parse_defence
 from .files import atomic_write, write_json, write_text, save_figure, check_out_dir
 from .data import User, celeba_users, folder_users, resolve_device
-from .formulation import resnet18, client_gradient
+from .formulation import resnet18
+from .defences import observe
 from .synthfaces import synthfaces_user
 from .prior import load_prior
 from .generator import load_generator
@@ -29,8 +30,8 @@ from .deepface_backend import DeepFaceEvaluator
 
 # %% auto #0
 __all__ = ['METHODS', 'PREPARE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula', 'run_control',
-           'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users', 'make_evaluator', 'CaseRun',
-           'run_case', 'load_result', 'run_cases', 'reference_rows', 'leak_summary', 'table1']
+           'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users', 'co_users', 'make_evaluator',
+           'CaseRun', 'run_case', 'load_result', 'run_cases', 'reference_rows', 'leak_summary', 'table1']
 
 # %% ../nbs/04b_pipeline.ipynb #ee36c10c
 METHODS: dict[str, Callable] = {}
@@ -135,6 +136,18 @@ def load_users(case:Case)->tuple[User, User]:
                          f"user {case.user} does not exist")
     return users[case.user], users[other_user_index(case, len(users))]
 
+def co_users(case:Case)->list[tuple]:
+    ("The other users of an aggregation round (`aggregate:users=U`: U − 1 of them), as (images, labels): SynthFaces "
+     "users far from the attacked and the compared user, drawn by the case's seed.")
+    d = parse_defence(case.defence)
+    if d.kind != "aggregate" or d.get("users") == 1: return []
+    if case.data != "synthfaces":
+        raise ValueError(f"{case.defence} is implemented for SynthFaces users only (data={case.data!r})")
+    rng = np.random.default_rng([0xA66, case.seed, case.user])
+    idx = rng.choice(np.arange(1_000, 1_000_000), size=d.get("users") - 1, replace=False)
+    return [synthfaces_user(int(i), case.batch_size, case.stream_seed, case.image_size, case.task_label).batch(case.batch_size)
+            for i in idx]
+
 # %% ../nbs/04b_pipeline.ipynb #93a7b0f2
 SCHEMA = "diffula.case/1"  # the one metrics schema that `demo`, `attack`, `table1` and the benchmarks write
 
@@ -196,7 +209,8 @@ def run_case(case:Case, # what to run
         evaluator = make_evaluator(case.evaluator)
         user, other = load_users(case)
         model = resnet18(num_classes=2, seed=case.model_seed, input_size=case.image_size)
-        observed = client_gradient(model, user.images, user.labels, case.bn_mode)  # what the server observes
+        observed = observe(model, user.images, user.labels, case.defence, case.bn_mode, co_users(case),
+                           seed=case.seed)                  # what the server observes (FedSGD unless defended)
         t1 = time.perf_counter()
         r = method(case, observed, model, callbacks, progress)
         t2 = time.perf_counter()
@@ -210,7 +224,8 @@ def run_case(case:Case, # what to run
                settings=dict(method=case.method, bn_mode=case.bn_mode, gm_weight=config.get("gm_weight"),
                              image_size=case.image_size, batch_size=case.batch_size, task_label=case.task_label,
                              data=case.data, prior=case.prior, evaluator=case.evaluator, preset=case.preset,
-                             steps=config["steps"], seed=case.seed, model_seed=case.model_seed, device=case.device),
+                             steps=config["steps"], seed=case.seed, model_seed=case.model_seed, device=case.device,
+                             defence=str(parse_defence(case.defence))),
                user=user.user_id, other_user=other.user_id,
                similarity_to_batch=m["similarity"], similarity_to_other_user=round(sim_other, 4),
                true=dict(gender=m["gender_true"], race=m["race_true"], age=m["age_true"]),
@@ -239,7 +254,8 @@ def load_result(folder:str|Path, case:Case|None=None)->dict|None:
     f = Path(folder)/"metrics.json"
     try: r = json.loads(f.read_text())
     except (OSError, ValueError): return None
-    if r.get("schema") != SCHEMA or (case is not None and r.get("case") != json.loads(json.dumps(asdict(case)))):
+    stored = {"defence": "fedsgd", **r.get("case", {})}              # results from before `Case.defence`: FedSGD
+    if r.get("schema") != SCHEMA or (case is not None and stored != json.loads(json.dumps(asdict(case)))):
         return None
     return r
 

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 from .data import User
 from .formulation import (resnet18, client_gradient, recover_labels, labels_from_counts, gradient_distance,
                                  model_forward)
-from .synthfaces import SynthFaces
+from .synthfaces import SynthFaces, synthfaces_user
+from .case import parse_defence
+from .defences import observe
 from .attack import AttackConfig, augmentation, augmented_batch
 
 # %% auto #0
@@ -82,6 +84,8 @@ def gradient_retrieval(users:Sequence[User], # U users, each with at least batch
                        labels:str="recovered", # candidate labels: "recovered" from each gradient (attacker's) or "true"
                        seed:int=0, # seed of the augmentation draws
                        progress:bool=True, # show a progress bar
+                       defence:str="fedsgd", # what the server observes (a `Case.defence` spec, stage 00d)
+                       co_users:Sequence[list]|None=None, # aggregate: per user, the other users' (images, labels)
                       )->Retrieval:
     "Rank each user's own held-out images among all users' by distance to its observed gradient (the signal ceiling)."
     c = config or AttackConfig()
@@ -95,8 +99,9 @@ def gradient_retrieval(users:Sequence[User], # U users, each with at least batch
                              f"need batch_size + heldout = {batch_size + heldout}")
     dev = next(model.parameters()).device
     observed, labs = [], []
-    for u in users:                                                 # what the server sees, and the labels it recovers
-        obs = client_gradient(model, u.images[:batch_size].to(dev), u.labels[:batch_size].to(dev), c.bn_mode)
+    for i, u in enumerate(users):                                   # what the server sees, and the labels it recovers
+        obs = observe(model, u.images[:batch_size].to(dev), u.labels[:batch_size].to(dev), defence, c.bn_mode,
+                      co_users[i] if co_users is not None else ())
         observed.append(obs)
         labs.append(u.labels[:batch_size].sort().values.to(dev) if labels == "true" else
                     labels_from_counts(recover_labels(obs, model, batch_size, bn_mode=c.bn_mode)).to(dev))
@@ -116,7 +121,7 @@ def gradient_retrieval(users:Sequence[User], # U users, each with at least batch
                 bar.update()
         bar.close()
     settings = dict(image_size=int(users[0].images.shape[-1]), batch_size=batch_size, bn_mode=c.bn_mode,
-                    distance=c.distance, labels=labels, heldout=heldout, draws=draws)
+                    distance=c.distance, labels=labels, heldout=heldout, draws=draws, defence=str(parse_defence(defence)))
     return Retrieval(D, [u.user_id for u in users], settings)
 
 # %% ../nbs/03b_retrieval.ipynb #7ef24b03
@@ -130,6 +135,7 @@ def synthfaces_retrieval(n_users:int=20, # SynthFaces users first_user .. first_
                          stream_seed:int=0, # SynthFaces stream seed
                          heldout:int=1, # held-out images per candidate
                          config:AttackConfig|None=None, # augmentation and distance (bn_mode is taken from the argument)
+                         defence:str="fedsgd", # what the server observes (stage 00d); aggregation over SynthFaces users
                          **kwargs, # passed to `gradient_retrieval` (draws, labels, seed, progress)
                         )->Retrieval:
     "`gradient_retrieval` on SynthFaces users and a random ResNet-18: one cell of the signal-ceiling table."
@@ -137,7 +143,14 @@ def synthfaces_retrieval(n_users:int=20, # SynthFaces users first_user .. first_
                        task_label=task_label)
     model = resnet18(num_classes=2, seed=model_seed, input_size=image_size)
     cfg = replace(config or AttackConfig(), bn_mode=bn_mode)
-    r = gradient_retrieval(users[first_user:], model, batch_size, cfg, heldout=heldout, **kwargs)
+    d, co = parse_defence(defence), None
+    if d.kind == "aggregate":  # each user's round-mates: far-away users of the stream, drawn as the case runner does
+        pick = lambda u: np.random.default_rng([0xA66, 0, u]).choice(np.arange(1_000, 1_000_000), d.get("users") - 1,
+                                                                      replace=False)
+        co = [[synthfaces_user(int(j), batch_size, stream_seed, image_size, task_label).batch(batch_size)
+               for j in pick(first_user + i)] for i in range(n_users)]
+    r = gradient_retrieval(users[first_user:], model, batch_size, cfg, heldout=heldout, defence=defence, co_users=co,
+                           **kwargs)
     r.settings.update(task_label=task_label, first_user=first_user, model_seed=model_seed)
     return r
 

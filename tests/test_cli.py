@@ -172,3 +172,13 @@ def test_installed_console_script(tmp_path):
                        capture_output=True, text=True, timeout=300)                           # one-line asset error
     last = e.stderr.strip().splitlines()[-1]
     assert e.returncode == 2 and last.startswith("diffula attack: error:") and "nope.pt" in last, e.stderr
+
+
+def test_defence_flag_builds_the_case_and_a_bad_spec_fails_before_torch():
+    from diffula.cli import case_from_args
+    a = build_parser().parse_args(["attack", "--defence", "prune:p=0.9"])
+    assert case_from_args(a).defence == "prune:p=0.9" and build_parser().parse_args(["attack"]).defence == "fedsgd"
+    code = ("import sys; from diffula.cli import main; rc = main(['attack', '--defence', 'dp:sigma=-1']); "
+            "assert 'torch' not in sys.modules; raise SystemExit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 2 and "sigma must be >= 0" in p.stderr.strip().splitlines()[-1]

@@ -22,6 +22,7 @@ ORDER = [
     "formulation",    # the FL threat model: ResNet-18, client gradient, label recovery, distances
     "synthfaces",     # the SynthFaces users
     "synthevals",     # their evaluators
+    "defences",       # what the server observes: FedSGD, FedAvg, DP-SGD, pruning, aggregation
     "adm",            # guided-diffusion checkpoints -> diffusers (a converter only)
     "prior",          # the DDPM prior and its loader
     "synthprior",     # the SynthFaces prior's training

@@ -1,0 +1,91 @@
+"""Tests for diffula.defences: each transform against FedSGD where they must agree, and what the notebook does not check
+(the DP noise's scale, FedAvg's mini-batch order against hand-written SGD, pruning's exact count, aggregation's mean)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffula.defences import (aggregate_gradients, dp_gradient, fedavg_update, observe, per_example_gradients,
+                              prune_gradient)
+from diffula.formulation import client_gradient, resnet18
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def case():
+    model = resnet18(num_classes=2, seed=0, input_size=16)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 16, 16, generator=g), torch.tensor([0, 1, 1, 0, 1, 1])
+    return model, x, y, client_gradient(model, x, y)
+
+
+def flat(gs): return torch.cat([t.flatten() for t in gs])
+
+
+def test_dp_without_clipping_or_noise_is_fedsgd(case):
+    model, x, y, g = case
+    assert torch.allclose(flat(dp_gradient(model, x, y, clip=math.inf, sigma=0.0)), flat(g), atol=1e-6)
+    assert torch.allclose(flat(observe(model, x, y, "dp:clip=inf,sigma=0")), flat(g), atol=1e-6)
+
+
+def test_per_example_gradients_average_to_the_batch_gradient_and_leave_the_model_as_found(case):
+    model, x, y, g = case
+    model.train()
+    per = per_example_gradients(model, x, y)
+    assert model.training and all(p.shape[0] == 6 for p in per)
+    model.eval()
+    assert torch.allclose(flat([p.mean(0) for p in per]), flat(g), atol=1e-6)
+
+
+def test_dp_noise_has_std_sigma_clip_over_b(case):
+    model, x, y, g = case
+    clean = flat(dp_gradient(model, x, y, clip=2.0, sigma=0.0))
+    noisy = flat(dp_gradient(model, x, y, clip=2.0, sigma=0.5, generator=torch.Generator().manual_seed(1)))
+    assert (noisy - clean).std().item() == pytest.approx(0.5 * 2.0 / 6, rel=0.01)  # 11 M draws: std within 1 %
+
+
+def test_prune_keeps_exactly_the_largest_entries():
+    t = torch.tensor([0.1, -5.0, 2.0, -0.3, 4.0, 0.7, -1.0, 3.0, 0.2, 0.05])
+    for p, kept in ((0.0, 10), (0.5, 5), (0.9, 1), (0.99, 1)):
+        (q,) = prune_gradient([t], p)
+        assert int((q != 0).sum()) == kept
+        assert set(q.nonzero().flatten().tolist()) == set(t.abs().topk(kept).indices.tolist())
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\)"): prune_gradient([t], 1.0)
+
+
+def test_fedavg_is_sgd_on_cycling_minibatches(case):
+    model, x, y, g = case
+    assert torch.allclose(flat(fedavg_update(model, x, y, steps=1, lr=0.3)), 0.3 * flat(g), atol=1e-7)
+    # by hand: three steps of 4 images, cycling through the 6: images 0-3, 4,5,0,1, 2-5
+    w = [p.detach().clone() for p in model.parameters()]
+    w0 = [p.clone() for p in w]
+    m = resnet18(num_classes=2, seed=0, input_size=16).eval()
+    for idx in ([0, 1, 2, 3], [4, 5, 0, 1], [2, 3, 4, 5]):
+        with torch.no_grad():
+            for p, v in zip(m.parameters(), w): p.copy_(v)
+        loss = F.cross_entropy(m(x[idx]), y[idx])
+        gs = torch.autograd.grad(loss, list(m.parameters()))
+        w = [v - 0.3 * gk for v, gk in zip(w, gs)]
+    expected = [a - b for a, b in zip(w0, w)]
+    assert torch.allclose(flat(fedavg_update(model, x, y, steps=3, lr=0.3, batch=4)), flat(expected), atol=1e-6)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))  # the global model is left unchanged
+
+
+def test_aggregate_of_one_user_is_fedsgd_and_of_two_their_mean(case):
+    model, x, y, g = case
+    assert torch.equal(flat(observe(model, x, y, "aggregate:users=1")), flat(g))
+    x2, y2 = x.flip(0), y.flip(0) * 0
+    g2 = client_gradient(model, x2, y2)
+    assert torch.allclose(flat(observe(model, x, y, "aggregate:users=2", co_users=[(x2, y2)])),
+                          flat(aggregate_gradients([g, g2])), atol=1e-7)
+    assert torch.allclose(flat(aggregate_gradients([g, g2])), (flat(g) + flat(g2)) / 2, atol=1e-7)
+
+
+def test_bad_observations_fail_with_one_line(case):
+    model, x, y, g = case
+    with pytest.raises(ValueError, match="eval mode"): observe(model, x, y, "dp:sigma=0.1", bn_mode="train")
+    with pytest.raises(ValueError, match="needs 1 other users"): observe(model, x, y, "aggregate:users=2")
+    with pytest.raises(ValueError, match="unknown kind"): observe(model, x, y, "secagg")
+    with pytest.raises(ValueError, match="batch must lie in 1..6"): fedavg_update(model, x, y, batch=7)
