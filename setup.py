@@ -42,6 +42,7 @@ setuptools.setup(
         "dev": c["dev_requirements"].split(),
         "faces": c["faces_requirements"].split(),
         "ray": c["ray_requirements"].split(),
+        "dp": c.get("dp_requirements", "").split(),
     },
     entry_points={"console_scripts": scripts, "nbdev": [f"{c['lib_path']}={c['lib_path']}._modidx:d"]},
     zip_safe=False,
