@@ -188,6 +188,7 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
                   base:Case|None=None, # the case every run starts from (default: the demo's)
                   methods:Sequence[str]=("diffula",), # attack methods run under each defence
                   ceiling_users:int=0, # users in the signal ceiling under each defence (0: none)
+                  adaptive:Sequence[str]=(), # kinds also run with the adaptive attacker (method "diffula", `Case.adaptive`)
                   jobs:int=1, # parallel cases
                   progress:bool=True, # progress bars
                  )->list[dict]:
@@ -204,6 +205,11 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
         res = run_cases([replace(base, method=m, user=u, defence=spec) for m in methods for u in users], out,
                         jobs=jobs, progress=progress)
         row = dict(defence=str(d), spec=spec, kind=kind, strength=strength, users=users, control=leak_summary(ctl))
+        if kind in adaptive:
+            ra = run_cases([replace(base, method="diffula", user=u, defence=spec, adaptive=True) for u in users], out,
+                           jobs=jobs, progress=progress)
+            row["adaptive"] = dict(leak_summary(ra), paired=dict(similarity_gap=sign_test(gap(ra), gap(ctl)),
+                                   attribute_score=sign_test([attribute_score(r) for r in ra], [attribute_score(r) for r in ctl])))
         for m in methods:
             rs = [r for r in res if r["case"]["method"] == m]
             row[m] = dict(leak_summary(rs), paired=dict(similarity_gap=sign_test(gap(rs), gap(ctl)),
@@ -234,11 +240,13 @@ def break_points(rows:Sequence[dict], # `defence_sweep` rows
     base = [r for r in rows if r["kind"] == "fedsgd"]
     out = {}
     for kind in dict.fromkeys(r["kind"] for r in rows if r["kind"] != "fedsgd"):
-        ladder = sorted(base + [r for r in rows if r["kind"] == kind], key=lambda r: r["strength"])
-        broken = [r for r in ladder if r[method]["paired"]["similarity_gap"]["p_value"] >= alpha]
+        arm = lambda r: r.get(method) or r["diffula"]  # at FedSGD the adaptive attacker is the attacker
+        ladder = sorted(base + [r for r in rows if r["kind"] == kind and method in r], key=lambda r: r["strength"])
+        if len(ladder) == len(base): continue                      # this method did not run under this defence
+        broken = [r for r in ladder if arm(r)["paired"]["similarity_gap"]["p_value"] >= alpha]
         out[kind] = None if not broken else dict(strength=broken[0]["strength"], defence=broken[0]["defence"],
                                                  epsilon=broken[0].get("epsilon"),
-                                                 p_value=broken[0][method]["paired"]["similarity_gap"]["p_value"])
+                                                 p_value=arm(broken[0])["paired"]["similarity_gap"]["p_value"])
     return out
 
 def defence_table_markdown(rows:Sequence[dict], # `defence_sweep` rows

@@ -17,6 +17,8 @@ import kornia.augmentation as K
 from .formulation import (check_gradients, model_layers, gradient_distance,
                                   candidate_gradient, BN_MODES, model_forward)
 from .prior import DiffusionPrior
+from .case import parse_defence
+from .defences import adaptive_candidate
 from .data import resolve_device
 from .attack_core import AttackResult, Budget, Run, attack_labels, step_loop, run_restarts
 from .schedules import time_schedule, clip_schedule, layer_window
@@ -59,6 +61,7 @@ class AttackConfig:
     select_draws: int = 8  # augmentation draws averaged in that selection distance (`augmented_distance`)
     snapshot_every: int = 250  # keep x0 every this many steps (0: never)
     denoise_on_interrupt: bool = False  # after Ctrl-C, still run the final denoising
+    adaptive: str|None = None  # a defence spec the attacker knows: its candidate passes through it (stage 00d)
     seed: int = 0  # seeds x0, ε, T and the schedules' noise: a CPU run is repeatable
     device: str = "cpu"  # "cpu" or "cuda" (or "cuda:N")
     progress: bool = True  # show a tqdm progress bar
@@ -112,6 +115,9 @@ class AttackConfig:
         if not (math.isfinite(self.gm_weight) and self.gm_weight >= 0):
             bad(f"gm_weight must be a finite number >= 0, got {self.gm_weight}")
         if self.bn_mode not in BN_MODES: bad(f"bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
+        if self.adaptive is not None:
+            try: parse_defence(self.adaptive)
+            except ValueError as e: bad(f"adaptive: {e}")
         if int(self.restarts) != self.restarts or self.restarts < 1:
             bad(f"restarts must be an integer >= 1, got {self.restarts}")
         if int(self.select_draws) != self.select_draws or self.select_draws < 1:
@@ -222,7 +228,9 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget
             with torch.enable_grad():
                 x = x0.detach().requires_grad_(True)
                 batch = augmented_batch(x, B, transform, size)          # A(x0) (Eq. 7), (B,3,size,size) in [0,1]
-                d = gradient_distance(candidate_gradient(model, batch, labels, c.bn_mode), observed, c.distance,
+                cand = (candidate_gradient(model, batch, labels, c.bn_mode) if c.adaptive is None else  # F(A(x0))
+                        adaptive_candidate(model, batch, labels, c.adaptive, observed, c.bn_mode))
+                d = gradient_distance(cand, observed, c.distance,
                                       layer_weights=window[i], layers=layers)  # d(F(A(x0)), ∇w), windowed
                 (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
             d = float(d.detach()); budget.model(B)

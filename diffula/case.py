@@ -94,6 +94,7 @@ class Case:
     seed: int = 0  # seeds the attack, the other user and the ensemble's random guess
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     defence: str = "fedsgd"  # what the server observes: a defence spec (`parse_defence`), e.g. "dp:clip=1,sigma=0.01"
+    adaptive: bool = False  # the attacker knows the defence and applies its deterministic part to its candidate
 
     @classmethod
     def demo(cls, **kw)->Case:
@@ -129,5 +130,6 @@ class Case:
         "A stable folder name for this case's results: method/u<user>-s<seed>-<hash of every setting>."
         d = asdict(self)
         if parse_defence(self.defence).kind == "fedsgd": del d["defence"]  # FedSGD cases keep the keys they had
+        if not self.adaptive: del d["adaptive"]                             # and so do non-adaptive ones
         h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.method}/u{self.user:04d}-s{self.seed}-{h}"

@@ -40,6 +40,8 @@ def _case_options(p, paper:bool):
     p.add_argument("--defence", default=d.defence, metavar="SPEC",
                    help="what the server observes: fedsgd | fedavg:steps=E,lr=η,batch=b | dp:clip=C,sigma=σ | "
                    f"prune:p=P | aggregate:users=U (default {d.defence})")
+    p.add_argument("--adaptive", action="store_true",
+                   help="the attacker knows the defence and applies its deterministic part to its candidate")
     p.add_argument("--bn-mode", default=d.bn_mode, choices=BN_MODES,
                    help="BatchNorm mode of the client's gradient and the "
                    f"attacker's candidates (default {d.bn_mode})")
@@ -79,7 +81,8 @@ def case_from_args(a, **kw)->Case:
     "A validated `Case` from parsed `attack`/`table1` options (torch-free: nothing is loaded)."
     return Case(data=a.data, batch_size=a.batch_size, image_size=a.image_size, task_label=a.task_label,
                 bn_mode=a.bn_mode, prior=a.prior, evaluator=a.evaluator, preset=a.preset, config=_overrides(a),
-                seed=a.seed, model_seed=a.model_seed, device=a.device, defence=a.defence, **kw).validate()
+                seed=a.seed, model_seed=a.model_seed, device=a.device, defence=a.defence,
+                adaptive=a.adaptive, **kw).validate()
 
 def build_parser()->argparse.ArgumentParser:
     "The `diffula` argument parser."

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 from .case import Defence, parse_defence
-from .formulation import client_gradient, model_forward, check_bn_mode
+from .formulation import client_gradient, candidate_gradient, model_forward, check_bn_mode
 
 # %% auto #0
 __all__ = ['per_example_gradients', 'dp_gradient', 'dp_epsilon', 'prune_gradient', 'fedavg_update', 'aggregate_gradients',
-           'observe']
+           'observe', 'adaptive_candidate']
 
 # %% ../nbs/00d_defences.ipynb #5ff521f4
 def per_example_gradients(model:nn.Module, # the global model (BatchNorm in eval mode: examples must not interact)
@@ -161,3 +161,36 @@ def observe(model:nn.Module, # the global model
         return aggregate_gradients([client_gradient(model, images, labels, bn_mode)] +
                                    [client_gradient(model, xi, yi, bn_mode) for xi, yi in co_users])
     raise ValueError(f"unknown defence {d.kind!r}")
+
+# %% ../nbs/00d_defences.ipynb #d92638e3
+def adaptive_candidate(model:nn.Module, # the global model
+                       images:Tensor, # (M,3,H,W) the attacker's candidate batch (e.g. the augmented A(x)), differentiable
+                       labels:Tensor, # (M,)
+                       defence:str|Defence, # the defence the attacker knows
+                       observed:Sequence[Tensor], # the observed update (its pruning mask is visible)
+                       bn_mode:str="eval", # the threat model's BatchNorm mode
+                      )->list[Tensor]:
+    "The candidate update with the defence's deterministic part applied, differentiable w.r.t. the images."
+    d = parse_defence(defence) if isinstance(defence, str) else defence
+    if d.kind == "fedavg":
+        return fedavg_update(model, images, labels, d.get("steps"), d.get("lr"), d.get("batch"), bn_mode, create_graph=True)
+    if d.kind == "dp":
+        if bn_mode != "eval": raise ValueError("dp: per-example gradients need BatchNorm in eval mode")
+        names = [n for n, _ in model.named_parameters()]
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        buffers = {n: b.detach() for n, b in model.named_buffers()}
+        was = model.training; model.eval()
+        try:
+            loss = lambda p, xi, yi: F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)), yi[None])
+            per = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)   # differentiable w.r.t. images
+        finally: model.train(was)
+        per = [per[n] for n in names]
+        C = d.get("clip")
+        if math.isfinite(C):
+            norms = torch.sqrt(sum(p.flatten(1).pow(2).sum(1) for p in per))
+            scale = torch.clamp(C/norms.clamp_min(1e-12), max=1.0)
+            per = [p*scale.view(-1, *[1]*(p.dim() - 1)) for p in per]
+        return [p.mean(0) for p in per]
+    g = candidate_gradient(model, images, labels, bn_mode)
+    if d.kind == "prune": return [gi*(oi != 0) for gi, oi in zip(g, observed)]
+    return g                                                         # fedsgd, aggregate: nothing to apply

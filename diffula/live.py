@@ -201,7 +201,8 @@ def attack_command(case:Case, # the case to run
     "The `diffula attack` command line that runs `case`: flags for the fields that differ from `Case.paper()`."
     args = []
     for k, v in _case_kwargs(case, Case.paper()):
-        if k != "config": args += [f"--{k.replace('_', '-')}", str(v)]
+        if isinstance(v, bool): args += [f"--{k.replace('_', '-')}"] if v else []  # a switch, e.g. --adaptive
+        elif k != "config": args += [f"--{k.replace('_', '-')}", str(v)]
     for k, v in case.config.items(): args += ["--set", f"{k}={json.dumps(v)}"]
     return "diffula attack " + shlex.join(args + ["--out", str(out)])
 

@@ -76,8 +76,8 @@ def _prepare_diffula(case):
 def run_diffula(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
                 progress:bool=True)->AttackResult:
     "DiffULA (Algorithm 1) with the case's config."
-    return diffula_attack(observed, model, case_prior(case), replace(diffula_config(case), progress=progress),
-                          batch_size=case.batch_size, callbacks=callbacks)
+    cfg = replace(diffula_config(case), progress=progress, adaptive=case.defence if case.adaptive else None)
+    return diffula_attack(observed, model, case_prior(case), cfg, batch_size=case.batch_size, callbacks=callbacks)
 
 @register_method("control", prepare=_prepare_diffula)
 def run_control(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
@@ -254,7 +254,7 @@ def load_result(folder:str|Path, case:Case|None=None)->dict|None:
     f = Path(folder)/"metrics.json"
     try: r = json.loads(f.read_text())
     except (OSError, ValueError): return None
-    stored = {"defence": "fedsgd", **r.get("case", {})}              # results from before `Case.defence`: FedSGD
+    stored = {"defence": "fedsgd", "adaptive": False, **r.get("case", {})}  # results from before those fields
     if r.get("schema") != SCHEMA or (case is not None and stored != json.loads(json.dumps(asdict(case)))):
         return None
     return r

@@ -89,3 +89,30 @@ def test_bad_observations_fail_with_one_line(case):
     with pytest.raises(ValueError, match="needs 1 other users"): observe(model, x, y, "aggregate:users=2")
     with pytest.raises(ValueError, match="unknown kind"): observe(model, x, y, "secagg")
     with pytest.raises(ValueError, match="batch must lie in 1..6"): fedavg_update(model, x, y, batch=7)
+
+
+def test_the_adaptive_attacker_is_a_config_a_case_and_a_flag():
+    from diffula.attack import AttackConfig
+    from diffula.case import Case
+    from diffula.cli import build_parser, case_from_args
+    from diffula.live import attack_command
+    assert AttackConfig(adaptive="prune:p=0.9").validate().adaptive == "prune:p=0.9"
+    with pytest.raises(ValueError, match="AttackConfig: adaptive: defence prune: p must be in"):
+        AttackConfig(adaptive="prune:p=2").validate()
+    assert Case(adaptive=False).key() == Case().key() != Case(defence="prune:p=0.9", adaptive=True).key()
+    a = build_parser().parse_args(["attack", "--defence", "prune:p=0.9", "--adaptive"])
+    case = case_from_args(a, method=a.method, user=a.user)
+    assert case.adaptive and case.defence == "prune:p=0.9"
+    b = build_parser().parse_args(attack_command(case).split()[1:])        # the explorer's command line round-trips
+    assert case_from_args(b, method=b.method, user=b.user) == case
+
+
+def test_the_adaptive_candidate_applies_the_mask_and_stays_differentiable(case):
+    from diffula.defences import adaptive_candidate
+    model, x, y, g = case
+    obs = observe(model, x, y, "prune:p=0.9")
+    xr = x.clone().requires_grad_(True)
+    cand = adaptive_candidate(model, xr, y, "prune:p=0.9", obs)
+    assert bool(((flat(cand) != 0) <= (flat(obs) != 0)).all())
+    (gx,) = torch.autograd.grad(flat(cand).pow(2).sum(), xr)
+    assert float(gx.abs().sum()) > 0
