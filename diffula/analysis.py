@@ -236,7 +236,7 @@ def break_points(rows:Sequence[dict], # `defence_sweep` rows
                  alpha:float=0.05, # significance of the paired sign test on the similarity gap
                 )->dict:
     ("Per defence kind, the weakest strength at which the attack is no longer better than its control "
-     "(None: it stays better over the whole grid).")
+     "(None: it stays better over the whole grid; a note when it is not better even without a defence).")
     base = [r for r in rows if r["kind"] == "fedsgd"]
     out = {}
     for kind in dict.fromkeys(r["kind"] for r in rows if r["kind"] != "fedsgd"):
@@ -244,6 +244,9 @@ def break_points(rows:Sequence[dict], # `defence_sweep` rows
         ladder = sorted(base + [r for r in rows if r["kind"] == kind and method in r], key=lambda r: r["strength"])
         if len(ladder) == len(base): continue                      # this method did not run under this defence
         broken = [r for r in ladder if arm(r)["paired"]["similarity_gap"]["p_value"] >= alpha]
+        if broken and broken[0]["kind"] == "fedsgd":                # nothing to break: no leak without a defence
+            out[kind] = dict(strength=None, defence=None, note="the attack is not above its control even without a "
+                             f"defence (p = {arm(broken[0])['paired']['similarity_gap']['p_value']})"); continue
         out[kind] = None if not broken else dict(strength=broken[0]["strength"], defence=broken[0]["defence"],
                                                  epsilon=broken[0].get("epsilon"),
                                                  p_value=arm(broken[0])["paired"]["similarity_gap"]["p_value"])
