@@ -188,7 +188,7 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
                   base:Case|None=None, # the case every run starts from (default: the demo's)
                   methods:Sequence[str]=("diffula",), # attack methods run under each defence
                   ceiling_users:int=0, # users in the signal ceiling under each defence (0: none)
-                  adaptive:Sequence[str]=(), # kinds also run with the adaptive attacker (method "diffula", `Case.adaptive`)
+                  adaptive:Sequence[str]=(), # kinds (or single specs) also run with the adaptive attacker (`Case.adaptive`)
                   jobs:int=1, # parallel cases
                   progress:bool=True, # progress bars
                  )->list[dict]:
@@ -205,7 +205,7 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
         res = run_cases([replace(base, method=m, user=u, defence=spec) for m in methods for u in users], out,
                         jobs=jobs, progress=progress)
         row = dict(defence=str(d), spec=spec, kind=kind, strength=strength, users=users, control=leak_summary(ctl))
-        if kind in adaptive:
+        if kind in adaptive or spec in adaptive:
             ra = run_cases([replace(base, method="diffula", user=u, defence=spec, adaptive=True) for u in users], out,
                            jobs=jobs, progress=progress)
             row["adaptive"] = dict(leak_summary(ra), paired=dict(similarity_gap=sign_test(gap(ra), gap(ctl)),
