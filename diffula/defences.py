@@ -15,13 +15,14 @@ from .case import Defence, parse_defence
 from .formulation import client_gradient, candidate_gradient, model_forward, check_bn_mode
 
 # %% auto #0
-__all__ = ['per_example_gradients', 'dp_gradient', 'dp_epsilon', 'prune_gradient', 'fedavg_update', 'aggregate_gradients',
-           'observe', 'adaptive_candidate']
+__all__ = ['per_example_gradients', 'clip_per_example', 'dp_gradient', 'dp_epsilon', 'prune_gradient', 'fedavg_update',
+           'aggregate_gradients', 'observe', 'adaptive_candidate']
 
 # %% ../nbs/00d_defences.ipynb #5ff521f4
 def per_example_gradients(model:nn.Module, # the global model (BatchNorm in eval mode: examples must not interact)
                           images:Tensor, # (B,3,H,W) in [0, 1]
                           labels:Tensor, # (B,)
+                          create_graph:bool=False, # keep them differentiable w.r.t. the images (an adaptive attacker)
                          )->list[Tensor]: # one (B, *shape) tensor per parameter, in model.parameters() order
     "Each example's own gradient ∇_w L(f_w(x_i), y_i), by vmap over the batch (torch.func)."
     names = [n for n, _ in model.named_parameters()]
@@ -34,7 +35,16 @@ def per_example_gradients(model:nn.Module, # the global model (BatchNorm in eval
             return F.cross_entropy(out, yi[None])
         gs = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
     finally: model.train(was)
-    return [gs[n].detach() for n in names]
+    return [gs[n] if create_graph else gs[n].detach() for n in names]
+
+def clip_per_example(per:Sequence[Tensor], # per-example gradients, one (B, *shape) tensor per parameter
+                     clip:float, # C (math.inf: no clipping)
+                    )->list[Tensor]:
+    "Each example's gradient scaled by min(1, C/‖g_i‖), the norm taken over all parameters together."
+    if math.isinf(clip): return list(per)
+    norms = torch.sqrt(sum(p.flatten(1).pow(2).sum(1) for p in per))                  # (B,) ‖g_i‖
+    scale = torch.clamp(clip/norms.clamp_min(1e-12), max=1.0)
+    return [p*scale.view(-1, *[1]*(p.dim() - 1)) for p in per]
 
 def dp_gradient(model:nn.Module, # the global model (eval-mode BatchNorm)
                 images:Tensor, # (B,3,H,W)
@@ -47,13 +57,10 @@ def dp_gradient(model:nn.Module, # the global model (eval-mode BatchNorm)
     if not clip > 0: raise ValueError(f"dp: clip must be > 0, got {clip}")
     if not sigma >= 0: raise ValueError(f"dp: sigma must be >= 0, got {sigma}")
     if sigma > 0 and math.isinf(clip): raise ValueError("dp: noise needs a finite clip (its std is sigma * clip)")
-    per = per_example_gradients(model, images, labels)
-    B = len(labels)
-    norms = torch.sqrt(sum(p.flatten(1).pow(2).sum(1) for p in per))                  # (B,) ‖g_i‖
-    scale = torch.clamp(clip/norms.clamp_min(1e-12), max=1.0) if math.isfinite(clip) else torch.ones_like(norms)
+    per, B = clip_per_example(per_example_gradients(model, images, labels), clip), len(labels)
     out = []
     for p in per:
-        s = (p*scale.view(-1, *[1]*(p.dim() - 1))).sum(0)                             # Σ_i g_i min(1, C/‖g_i‖)
+        s = p.sum(0)                                                                  # Σ_i g_i min(1, C/‖g_i‖)
         if sigma > 0: s = s + sigma*clip*torch.randn(s.shape, generator=generator).to(s)
         out.append(s/B)
     return out
@@ -176,21 +183,8 @@ def adaptive_candidate(model:nn.Module, # the global model
         return fedavg_update(model, images, labels, d.get("steps"), d.get("lr"), d.get("batch"), bn_mode, create_graph=True)
     if d.kind == "dp":
         if bn_mode != "eval": raise ValueError("dp: per-example gradients need BatchNorm in eval mode")
-        names = [n for n, _ in model.named_parameters()]
-        params = {n: p.detach() for n, p in model.named_parameters()}
-        buffers = {n: b.detach() for n, b in model.named_buffers()}
-        was = model.training; model.eval()
-        try:
-            loss = lambda p, xi, yi: F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)), yi[None])
-            per = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)   # differentiable w.r.t. images
-        finally: model.train(was)
-        per = [per[n] for n in names]
-        C = d.get("clip")
-        if math.isfinite(C):
-            norms = torch.sqrt(sum(p.flatten(1).pow(2).sum(1) for p in per))
-            scale = torch.clamp(C/norms.clamp_min(1e-12), max=1.0)
-            per = [p*scale.view(-1, *[1]*(p.dim() - 1)) for p in per]
-        return [p.mean(0) for p in per]
+        per = per_example_gradients(model, images, labels, create_graph=True)        # differentiable w.r.t. images
+        return [p.mean(0) for p in clip_per_example(per, d.get("clip"))]
     g = candidate_gradient(model, images, labels, bn_mode)
     if d.kind == "prune": return [gi*(oi != 0) for gi, oi in zip(g, observed)]
     return g                                                         # fedsgd, aggregate: nothing to apply
