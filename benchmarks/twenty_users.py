@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
-from diffula.analysis import attribute_score, sign_test  # noqa: E402  (one definition, stage 05)
+from diffula.pipeline import attribute_score, sign_test  # noqa: E402  (one definition, stage 04b)
 
 
 def one(args):

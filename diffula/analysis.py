@@ -16,16 +16,17 @@ from .synthfaces import GENDER_NAMES, RACE_NAMES, AGE_RANGE
 from .schedules import plot_schedules
 from .retrieval import synthfaces_retrieval
 from .evaluation import aggregate
-from .case import Case, parse_defence
-from .defences import dp_epsilon
+from .case import Case
 from .files import atomic_write, write_json, write_text, save_figure, check_out_dir
-from .pipeline import METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config, leak_summary
+from .pipeline import (METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config, leak_summary,
+                              attributes_right, attribute_score, sign_test)
+from .defence_study import (DEFENCE_STUDIES, defence_sweep, break_points, defence_table_markdown,
+                                   fig_defences)
 
 # %% auto #0
-__all__ = ['DEFENCE_GRID', 'DEFENCE_STUDIES', 'FIGURE_STUDIES', 'trace_case', 'moving_average', 'turning_point', 'tau_tradeoff',
-           'batch_size_sweep', 'susceptibility', 'attributes_right', 'attribute_score', 'sign_test', 'defence_strength',
-           'defence_sweep', 'break_points', 'defence_table_markdown', 'fig_defences', 'fig_overview', 'fig_methods',
-           'fig_trace', 'fig_progression', 'fig_demographics', 'fig_curves', 'table2_markdown', 'figures']
+__all__ = ['FIGURE_STUDIES', 'trace_case', 'moving_average', 'turning_point', 'tau_tradeoff', 'batch_size_sweep',
+           'susceptibility', 'fig_overview', 'fig_methods', 'fig_trace', 'fig_progression', 'fig_demographics',
+           'fig_curves', 'table2_markdown', 'figures']
 
 # %% ../nbs/05_failure_analysis.ipynb #8f3f37ff
 def trace_case(case:Case, # a DiffULA (or control) case
@@ -138,166 +139,6 @@ def susceptibility(results:Sequence[dict], # DiffULA case results of users u_0..
     return dict(users=len(pairs), rho_rank_vs_gap=round(float(rg), 3), p_gap=round(float(pg), 4),
                 rho_rank_vs_similarity=round(float(ro), 3), p_similarity=round(float(po), 4),
                 ranks=rank.tolist(), gaps=[round(float(g), 4) for g in gap])
-
-# %% ../nbs/05_failure_analysis.ipynb #c4a9e2d1
-def attributes_right(r:dict, # a case result (`run_case` / `run_cases`): its `true` and `inferred` attributes
-                     age_tolerance:float=10.0, # years within which an age counts as right
-                    )->int:
-    "How many of gender, race and age (within `age_tolerance` years) the reconstruction reads right: 0 to 3."
-    t, i = r["true"], r["inferred"]
-    return int(t["gender"] == i["gender"]) + int(t["race"] == i["race"]) + int(abs(t["age"] - i["age"]) <= age_tolerance)
-
-def attribute_score(r:dict, # a case result: its `metrics`
-                   )->float:
-    "The benchmarks' per-user attribute score: gender right + race right − age error/10 (no ties on age)."
-    m = r["metrics"]
-    return int(m["gender_correct"]) + int(m["race_correct"]) - m["age_error"]/10
-
-def sign_test(a:Sequence[float], # the attack's per-user values
-              b:Sequence[float], # the control's, same users in the same order
-             )->dict:
-    "One-sided paired sign test that a > b, ties dropped: wins, losses, ties and the p-value."
-    from scipy.stats import binomtest
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    wins, losses = int((a > b).sum()), int((a < b).sum())
-    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
-    return dict(wins=wins, losses=losses, ties=int(len(a) - wins - losses), p_value=round(float(p), 5))
-
-# %% ../nbs/05_failure_analysis.ipynb #b94237c8
-DEFENCE_GRID = ("fedsgd",                                          # the undefended baseline: strength 0 of every kind
-                *[f"dp:clip=1,sigma={s:g}" for s in (0, 1e-4, 1e-3, 1e-2, 1e-1)],
-                *[f"prune:p={p:g}" for p in (0.5, 0.9, 0.99)],
-                *[f"fedavg:steps={e},lr=0.1,batch=4" for e in (1, 2, 5)],
-                *[f"aggregate:users={u}" for u in (2, 4, 8)])
-DEFENCE_STUDIES = {  # how much the defence sweep runs: "quick" is CPU-sized, "full" the issue's 10 users
-    "quick": dict(users=2, config=dict(steps=120, lr=5.0, snapshot_every=20), ceiling_users=6,
-                  specs=("fedsgd", "dp:clip=1,sigma=0.01", "prune:p=0.99", "fedavg:steps=5,lr=0.1,batch=4",
-                         "aggregate:users=8")),
-    "full": dict(users=10, config={}, ceiling_users=20, specs=DEFENCE_GRID),
-}
-_STRENGTH = {"fedsgd": None, "dp": "sigma", "prune": "p", "fedavg": "steps", "aggregate": "users"}
-
-def defence_strength(spec:str)->tuple[str, float]:
-    "The kind of a defence spec and its strength (σ for dp, p for prune, E for fedavg, U for aggregate; 0: FedSGD)."
-    d = parse_defence(spec)
-    return d.kind, (0.0 if d.kind == "fedsgd" else float(d.get(_STRENGTH[d.kind])))
-
-def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the control's)
-                  out:str|Path, # results folder (resumable; finished cases and ceilings are reused)
-                  specs:Sequence[str]=DEFENCE_GRID, # defence specs, one row each
-                  base:Case|None=None, # the case every run starts from (default: the demo's)
-                  methods:Sequence[str]=("diffula",), # attack methods run under each defence
-                  ceiling_users:int=0, # users in the signal ceiling under each defence (0: none)
-                  adaptive:Sequence[str]=(), # kinds (or single specs) also run with the adaptive attacker (`Case.adaptive`)
-                  jobs:int=1, # parallel cases
-                  progress:bool=True, # progress bars
-                 )->list[dict]:
-    ("The leak under each defence: per spec, each method's leak summary and paired sign tests against the control "
-     "(run once: it never reads the gradient), DP's ε, and the signal ceiling.")
-    base, out = base or Case.demo(), check_out_dir(out)
-    users = list(users)
-    ctl = run_cases([replace(base, method="control", user=u, defence="fedsgd") for u in users], out, jobs=jobs,
-                    progress=progress)
-    gap = lambda rs: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rs]
-    rows = []
-    for spec in specs:
-        d = parse_defence(spec); kind, strength = defence_strength(spec)
-        res = run_cases([replace(base, method=m, user=u, defence=spec) for m in methods for u in users], out,
-                        jobs=jobs, progress=progress)
-        row = dict(defence=str(d), spec=spec, kind=kind, strength=strength, users=users, control=leak_summary(ctl))
-        if kind in adaptive or spec in adaptive:
-            ra = run_cases([replace(base, method="diffula", user=u, defence=spec, adaptive=True) for u in users], out,
-                           jobs=jobs, progress=progress)
-            row["adaptive"] = dict(leak_summary(ra), paired=dict(similarity_gap=sign_test(gap(ra), gap(ctl)),
-                                   attribute_score=sign_test([attribute_score(r) for r in ra], [attribute_score(r) for r in ctl])))
-        for m in methods:
-            rs = [r for r in res if r["case"]["method"] == m]
-            row[m] = dict(leak_summary(rs), paired=dict(similarity_gap=sign_test(gap(rs), gap(ctl)),
-                          attribute_score=sign_test([attribute_score(r) for r in rs], [attribute_score(r) for r in ctl])))
-        if kind == "dp":
-            try: row["epsilon"] = dp_epsilon(d.get("sigma"), d.get("rate"), d.get("rounds"), d.get("delta"))
-            except ImportError: row["epsilon"] = None
-            row["privacy"] = dict(delta=d.get("delta"), rate=d.get("rate"), rounds=d.get("rounds"))
-        if ceiling_users:
-            f = out/"ceiling_defence"/f"{str(d).replace(':', '_').replace(',', '_')}-u{users[0]}-{ceiling_users}-" \
-                                      f"{replace(base, defence=spec).key().split('-')[-1]}.json"
-            if f.exists(): row["ceiling"] = json.loads(f.read_text())
-            else:
-                r = synthfaces_retrieval(n_users=ceiling_users, first_user=users[0], image_size=base.image_size,
-                                         batch_size=base.batch_size, task_label=base.task_label, bn_mode=base.bn_mode,
-                                         model_seed=base.model_seed, stream_seed=base.stream_seed, defence=spec,
-                                         progress=False)
-                row["ceiling"] = r.summary(); write_json(f, row["ceiling"])
-        rows.append(row)
-    return rows
-
-def break_points(rows:Sequence[dict], # `defence_sweep` rows
-                 method:str="diffula", # the attack
-                 alpha:float=0.05, # significance of the paired sign test on the similarity gap
-                )->dict:
-    ("Per defence kind, the weakest strength at which the attack is no longer better than its control "
-     "(None: it stays better over the whole grid; a note when it is not better even without a defence).")
-    base = [r for r in rows if r["kind"] == "fedsgd"]
-    out = {}
-    for kind in dict.fromkeys(r["kind"] for r in rows if r["kind"] != "fedsgd"):
-        arm = lambda r: r.get(method) or r["diffula"]  # at FedSGD the adaptive attacker is the attacker
-        ladder = sorted(base + [r for r in rows if r["kind"] == kind and method in r], key=lambda r: r["strength"])
-        if len(ladder) == len(base): continue                      # this method did not run under this defence
-        broken = [r for r in ladder if arm(r)["paired"]["similarity_gap"]["p_value"] >= alpha]
-        if broken and broken[0]["kind"] == "fedsgd":                # nothing to break: no leak without a defence
-            out[kind] = dict(strength=None, defence=None, note="the attack is not above its control even without a "
-                             f"defence (p = {arm(broken[0])['paired']['similarity_gap']['p_value']})"); continue
-        out[kind] = None if not broken else dict(strength=broken[0]["strength"], defence=broken[0]["defence"],
-                                                 epsilon=broken[0].get("epsilon"),
-                                                 p_value=arm(broken[0])["paired"]["similarity_gap"]["p_value"])
-    return out
-
-def defence_table_markdown(rows:Sequence[dict], # `defence_sweep` rows
-                           method:str="diffula", # the attack
-                          )->str:
-    "The sweep as a markdown table: per defence, ε, the attack's leak and attributes, the paired test, the ceiling."
-    fmt = lambda v, d=3: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (
-        "∞" if isinstance(v, float) and math.isinf(v) else f"{v:.{d}g}" if isinstance(v, float) else str(v))
-    lines = ["| defence | ε | own > other | gap | control gap | sign test p (gap) | gender | race | age MAE | "
-             "ceiling mean rank (chance) |", "|" + "---|"*10]
-    for r in rows:
-        a, c, ce = r[method], r["control"], r.get("ceiling")
-        lines.append(f"| `{r['spec']}` | {fmt(r.get('epsilon'))} | {a['own_gt_other']}/{a['users']} | "
-                     f"{fmt(a['similarity_gap'])} | {fmt(c['similarity_gap'])} | "
-                     f"{fmt(a['paired']['similarity_gap']['p_value'])} | {fmt(a['gender_acc'])} | {fmt(a['race_acc'])} | "
-                     f"{fmt(a['age_mae'])} | "
-                     + (f"{ce['mean_rank']} ({ce['chance_rank']})" if ce else "–") + " |")
-    return "\n".join(lines) + "\n"
-
-def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
-                 method:str="diffula", # the attack
-                 dpi:int=80)->plt.Figure:
-    "The leak against defence strength, one panel per defence: the attack's similarity gap, the control as the floor."
-    kinds = list(dict.fromkeys(r["kind"] for r in rows if r["kind"] != "fedsgd"))
-    base = [r for r in rows if r["kind"] == "fedsgd"]
-    ceil = any("ceiling" in r for r in rows)
-    fig, ax = plt.subplots(2 if ceil else 1, len(kinds), figsize=(3.2*len(kinds), 5.2 if ceil else 2.8), dpi=dpi,
-                           squeeze=False)
-    for j, kind in enumerate(kinds):
-        ladder = sorted(base + [r for r in rows if r["kind"] == kind], key=lambda r: r["strength"])
-        xs = list(range(len(ladder)))
-        labels = ["none" if r["kind"] == "fedsgd" else f"{r['strength']:g}" for r in ladder]
-        a = ax[0, j]
-        a.plot(xs, [r[method]["similarity_gap"] for r in ladder], "o-", label=method)
-        a.plot(xs, [r["control"]["similarity_gap"] for r in ladder], "k--", label="prior-only control")
-        for x, r in zip(xs, ladder):
-            if r[method]["paired"]["similarity_gap"]["p_value"] < 0.05: a.plot(x, r[method]["similarity_gap"], "g*", ms=10)
-        a.set_xticks(xs, labels); a.set_title(f"{kind} ({_STRENGTH[kind]})", fontsize=9)
-        a.set_ylabel("similarity gap (own − other)" if j == 0 else ""); a.axhline(0, color="0.8", lw=0.8)
-        if j == 0: a.legend(fontsize=7)
-        if ceil:
-            b = ax[1, j]
-            b.plot(xs, [r.get("ceiling", {}).get("mean_rank", np.nan) for r in ladder], "s-", color="C1")
-            b.axhline(ladder[0].get("ceiling", {}).get("chance_rank", np.nan), color="k", ls=":", label="chance")
-            b.set_xticks(xs, labels); b.set_ylabel("signal ceiling: mean rank" if j == 0 else "")
-            if j == 0: b.legend(fontsize=7)
-    fig.suptitle("the leak against defence strength (★: attack above its control, paired sign test p < 0.05)", fontsize=9)
-    fig.tight_layout(); return fig
 
 # %% ../nbs/05_failure_analysis.ipynb #feb2cdcc
 def _grid(ax, imgs, ncol):

@@ -31,7 +31,8 @@ from .deepface_backend import DeepFaceEvaluator
 # %% auto #0
 __all__ = ['METHODS', 'PREPARE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula', 'run_control',
            'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users', 'co_users', 'make_evaluator',
-           'CaseRun', 'run_case', 'load_result', 'run_cases', 'reference_rows', 'leak_summary', 'table1']
+           'CaseRun', 'run_case', 'load_result', 'run_cases', 'reference_rows', 'leak_summary', 'table1',
+           'attributes_right', 'attribute_score', 'sign_test']
 
 # %% ../nbs/04b_pipeline.ipynb #ee36c10c
 METHODS: dict[str, Callable] = {}
@@ -385,3 +386,27 @@ def table1(out:str|Path, # results folder (resumable: finished cases are kept)
                               for m, rs in by.items()})
     write_json(out/"table1.json", summary)
     return dict(markdown=md, summary=summary, results=results)
+
+# %% ../nbs/04b_pipeline.ipynb #c4a9e2d1
+def attributes_right(r:dict, # a case result (`run_case` / `run_cases`): its `true` and `inferred` attributes
+                     age_tolerance:float=10.0, # years within which an age counts as right
+                    )->int:
+    "How many of gender, race and age (within `age_tolerance` years) the reconstruction reads right: 0 to 3."
+    t, i = r["true"], r["inferred"]
+    return int(t["gender"] == i["gender"]) + int(t["race"] == i["race"]) + int(abs(t["age"] - i["age"]) <= age_tolerance)
+
+def attribute_score(r:dict, # a case result: its `metrics`
+                   )->float:
+    "The benchmarks' per-user attribute score: gender right + race right − age error/10 (no ties on age)."
+    m = r["metrics"]
+    return int(m["gender_correct"]) + int(m["race_correct"]) - m["age_error"]/10
+
+def sign_test(a:Sequence[float], # the attack's per-user values
+              b:Sequence[float], # the control's, same users in the same order
+             )->dict:
+    "One-sided paired sign test that a > b, ties dropped: wins, losses, ties and the p-value."
+    from scipy.stats import binomtest
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    wins, losses = int((a > b).sum()), int((a < b).sum())
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return dict(wins=wins, losses=losses, ties=int(len(a) - wins - losses), p_value=round(float(p), 5))

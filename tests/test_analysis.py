@@ -1,7 +1,8 @@
 "Tests for diffula.analysis: the smoothed curve's ends (turning_point), and the two attribute counts of the 20-user study."
 import numpy as np
 import pytest
-from diffula.analysis import moving_average, turning_point, attributes_right, attribute_score, sign_test
+from diffula.analysis import moving_average, turning_point
+from diffula.pipeline import attributes_right, attribute_score, sign_test
 
 
 def trace(sim_own):

@@ -35,6 +35,7 @@ ORDER = [
     "evaluation",     # metrics, disambiguation, face semantics
     "deepface_backend",  # DeepFace behind the evaluation's interface
     "pipeline",       # the case runner
+    "defence_study",  # the defence sweep: the leak against defence strength
     "analysis",       # the study: figures, tables
     "live",           # the explorer's run logic (no widgets)
     "explorer",       # the ipywidgets app
