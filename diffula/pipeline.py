@@ -18,7 +18,7 @@ from .files import atomic_write, write_json, write_text, save_figure, check_out_
 from .data import User, celeba_users, folder_users, resolve_device
 from .formulation import resnet18
 from .defences import observe
-from .synthfaces import synthfaces_user
+from .synthfaces import synthfaces_user, round_mates
 from .prior import load_prior
 from .generator import load_generator
 from .attack_core import AttackResult
@@ -144,10 +144,8 @@ def co_users(case:Case)->list[tuple]:
     if d.kind != "aggregate" or d.get("users") == 1: return []
     if case.data != "synthfaces":
         raise ValueError(f"{case.defence} is implemented for SynthFaces users only (data={case.data!r})")
-    rng = np.random.default_rng([0xA66, case.seed, case.user])
-    idx = rng.choice(np.arange(1_000, 1_000_000), size=d.get("users") - 1, replace=False)
-    return [synthfaces_user(int(i), case.batch_size, case.stream_seed, case.image_size, case.task_label).batch(case.batch_size)
-            for i in idx]
+    return round_mates(case.user, d.get("users") - 1, case.batch_size, case.stream_seed, case.image_size,
+                       case.task_label, draw=case.seed)
 
 # %% ../nbs/04b_pipeline.ipynb #93a7b0f2
 SCHEMA = "diffula.case/1"  # the one metrics schema that `demo`, `attack`, `table1` and the benchmarks write

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .data import User
 from .formulation import (resnet18, client_gradient, recover_labels, labels_from_counts, gradient_distance,
                                  model_forward)
-from .synthfaces import SynthFaces, synthfaces_user
+from .synthfaces import SynthFaces, round_mates
 from .case import parse_defence
 from .defences import observe
 from .attack import AttackConfig, augmentation, augmented_batch
@@ -144,11 +144,9 @@ def synthfaces_retrieval(n_users:int=20, # SynthFaces users first_user .. first_
     model = resnet18(num_classes=2, seed=model_seed, input_size=image_size)
     cfg = replace(config or AttackConfig(), bn_mode=bn_mode)
     d, co = parse_defence(defence), None
-    if d.kind == "aggregate":  # each user's round-mates: far-away users of the stream, drawn as the case runner does
-        pick = lambda u: np.random.default_rng([0xA66, 0, u]).choice(np.arange(1_000, 1_000_000), d.get("users") - 1,
-                                                                      replace=False)
-        co = [[synthfaces_user(int(j), batch_size, stream_seed, image_size, task_label).batch(batch_size)
-               for j in pick(first_user + i)] for i in range(n_users)]
+    if d.kind == "aggregate":  # each user's round-mates, drawn as the case runner draws them
+        co = [round_mates(first_user + i, d.get("users") - 1, batch_size, stream_seed, image_size, task_label)
+              for i in range(n_users)]
     r = gradient_retrieval(users[first_user:], model, batch_size, cfg, heldout=heldout, defence=defence, co_users=co,
                            **kwargs)
     r.settings.update(task_label=task_label, first_user=first_user, model_seed=model_seed)
