@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_attack.ipynb #1d626a7d
 from __future__ import annotations
-import copy, math, time
+import contextlib, copy, math, time
 from dataclasses import dataclass, field, asdict, replace
 from typing import Callable, Sequence
 import numpy as np
@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 import kornia.augmentation as K
 from .formulation import (check_gradients, model_layers, gradient_distance,
-                                  candidate_gradient, BN_MODES, model_forward)
+                                  candidate_gradient, BN_MODES, model_forward, per_tensor_weights)
 from .prior import DiffusionPrior
 from .case import parse_defence
 from .defences import adaptive_candidate
@@ -62,6 +62,9 @@ class AttackConfig:
     snapshot_every: int = 250  # keep x0 every this many steps (0: never)
     denoise_on_interrupt: bool = False  # after Ctrl-C, still run the final denoising
     adaptive: str|None = None  # a defence spec the attacker knows: its candidate passes through it (stage 00d)
+    copies: int|None = None  # M, augmented copies in A(x0); None: M = B (Eq. 7); M != B: label-weighted mean over M
+    precision: str = "fp32"  # "fp32", or "bf16": autocast for the federated model's forward and double backward
+    window_only: bool = False  # the candidate gradient only over the layers whose window weight is non-zero
     seed: int = 0  # seeds x0, ε, T and the schedules' noise: a CPU run is repeatable
     device: str = "cpu"  # "cpu" or "cuda" (or "cuda:N")
     progress: bool = True  # show a tqdm progress bar
@@ -71,6 +74,13 @@ class AttackConfig:
         ("The demonstration's preset: 480 steps (η = 2.5: the schedules compressed from 4,000 steps), "
          "Jacobian-free g_p.")
         return cls(**{**dict(steps=480, lr=2.5, snapshot_every=80, prior_grad="jacobian_free"), **kw})
+
+    @classmethod
+    def paper_cpu(cls, **kw)->AttackConfig:
+        ("The paper's federated setting (64 px, B = 30) on a CPU: the demo's schedule and η with the levers that held "
+         "(M = 4 label-weighted copies, bf16 autocast, window-only gradients) and the step budget the leak-against-steps "
+         "curve on the tuning users chose (see the section \"Making the paper's setting affordable\").")
+        return cls.cpu(**{**dict(copies=4, precision="bf16", window_only=True), **kw})
 
     @classmethod
     def smoke(cls, **kw)->AttackConfig:
@@ -124,6 +134,13 @@ class AttackConfig:
             bad(f"select_draws must be an integer >= 1, got {self.select_draws}")
         if int(self.snapshot_every) != self.snapshot_every or self.snapshot_every < 0:
             bad(f"snapshot_every must be an integer >= 0, got {self.snapshot_every}")
+        if self.copies is not None and (int(self.copies) != self.copies or self.copies < 1):
+            bad(f"copies must be None (M = B) or an integer >= 1, got {self.copies}")
+        if self.copies is not None and self.adaptive is not None:
+            bad("copies applies to the plain candidate; the adaptive candidate simulates the client's B examples "
+                "(set copies=None with adaptive)")
+        if self.precision not in ("fp32", "bf16"): bad(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if not isinstance(self.window_only, bool): bad(f"window_only must be True or False, got {self.window_only!r}")
         if not str(self.device).startswith(("cpu", "cuda")):
             bad(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self
@@ -205,11 +222,51 @@ def to_model_size(x:Tensor, # (N,3,R,R) images in [0, 1]
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                          antialias=size < x.shape[-1]).clamp(0, 1)
 
+# %% ../nbs/03_attack.ipynb #deef362c
+def _targets(labels, M, num_classes):
+    "What M augmented copies match: the B labels when M = B (Eq. 7), else each copy the label proportions (counts/B)."
+    if M == len(labels): return labels
+    return (torch.bincount(labels, minlength=num_classes).float()/len(labels)).expand(M, -1)  # (M, C) soft targets
+
+def _window_cosine(sub, observed, active, w, oo):
+    "The cosine distance of `gradient_distance` (Geiping et al. 2020) over the windowed tensors only, |o|² cached."
+    dot = torch.stack([torch.dot(g.float().reshape(-1), observed[k].reshape(-1)) for k, g in zip(active, sub)])
+    gg = torch.stack([torch.dot(g.float().reshape(-1), g.float().reshape(-1)) for g in sub])
+    return 1 - (w*dot).sum()/((w*gg).sum().sqrt()*(w*oo[active]).sum().sqrt()).clamp_min(1e-20)
+
+def _matching_gradient(x0, model, observed, targets, transform, c, weights, layers, size, oo=None):
+    ("g_gm = ∇_x0 λ d(F(A(x0)), ∇w) (Eq. 14's second term, before the clip) and d, with the levers: "
+     "M = len(targets) copies, bf16 autocast, window-only candidate gradients (`oo`: per-tensor |∇w|²).")
+    cast = torch.autocast(x0.device.type, dtype=torch.bfloat16) if c.precision == "bf16" else contextlib.nullcontext()
+    with torch.enable_grad():
+        x = x0.detach().requires_grad_(True)
+        batch = augmented_batch(x, len(targets), transform, size)      # A(x0) (Eq. 7), (M,3,size,size) in [0,1]
+        with cast:
+            if c.adaptive is not None:                                  # the defence's deterministic part applied
+                cand = adaptive_candidate(model, batch, targets, c.adaptive, observed, c.bn_mode)
+            elif not c.window_only: cand = candidate_gradient(model, batch, targets, c.bn_mode)  # F(A(x0))
+            else:                                                       # F(A(x0)) only where the window is non-zero
+                w = per_tensor_weights(layers, weights).to(x0.device)
+                active, params = torch.nonzero(w).flatten().tolist(), list(model.parameters())
+                loss = F.cross_entropy(model_forward(model, batch, c.bn_mode), targets)
+                sub = torch.autograd.grad(loss, [params[k] for k in active], create_graph=True)
+        if c.window_only and c.distance == "cosine": d = _window_cosine(sub, observed, active, w[active], oo)
+        else:
+            if c.window_only:                                           # other distances: zeros where the window is 0
+                cand = [torch.zeros_like(o) for o in observed]
+                for k, g in zip(active, sub): cand[k] = g
+            d = gradient_distance([g.float() for g in cand], observed, c.distance, layer_weights=weights, layers=layers)
+        (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
+    return g_gm, float(d.detach())
+
 # %% ../nbs/03_attack.ipynb #7561e53b
 def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget)->Run:
     "One run of Algorithm 1 from `seed`: x0 and every ε from one generator, T's draws from another, so that the "
     "prior-only control (gm_weight = 0, which skips g_gm) sees exactly the attack's x0 and ε."
     device, B, size = prior.device, len(labels), getattr(model, "input_size", None) or prior.resolution
+    M = c.copies or B                                               # augmented copies (None: M = B, Eq. 7)
+    targets = _targets(labels, M, getattr(model, "num_classes", None) or int(labels.max()) + 1)
+    oo = torch.stack([o.pow(2).sum() for o in observed]) if c.window_only else None  # |∇w|² per tensor, once
     tau, zeta, window = replace(c, seed=seed).schedules(len(layers), prior.num_train_timesteps)  # τ's noise: this seed
     transform, full = augmentation(c), c.prior_grad == "full"
     to01 = lambda x: ((x.detach() + 1)/2).clamp(0, 1).cpu()
@@ -224,16 +281,9 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget
         noise = torch.randn(x0.shape, generator=gen, device=device)     # ε ~ N(0, I)
         g_p, prior_loss = _prior_step(prior, x0, t, noise, full)        # g_p (Eq. 13/14) at x_τ = √ᾱ x0 + √(1-ᾱ) ε
         budget.prior(1, backward=full)
-        if c.gm_weight > 0:
-            with torch.enable_grad():
-                x = x0.detach().requires_grad_(True)
-                batch = augmented_batch(x, B, transform, size)          # A(x0) (Eq. 7), (B,3,size,size) in [0,1]
-                cand = (candidate_gradient(model, batch, labels, c.bn_mode) if c.adaptive is None else  # F(A(x0))
-                        adaptive_candidate(model, batch, labels, c.adaptive, observed, c.bn_mode))
-                d = gradient_distance(cand, observed, c.distance,
-                                      layer_weights=window[i], layers=layers)  # d(F(A(x0)), ∇w), windowed
-                (g_gm,) = torch.autograd.grad(c.gm_weight*d, x)
-            d = float(d.detach()); budget.model(B)
+        if c.gm_weight > 0:                                             # g_gm = ∇ λ d(F(A(x0)), ∇w), windowed
+            g_gm, d = _matching_gradient(x0, model, observed, targets, transform, c, window[i], layers, size, oo)
+            budget.model(M)
         else: g_gm, d = torch.zeros_like(x0), float("nan")          # the prior-only control: no gradient at all
         n_p, n_gm = g_p.norm(), g_gm.norm()
         scale = torch.clamp(n_gm/(zeta[i]*n_p).clamp_min(1e-30), min=1.0)

@@ -225,3 +225,106 @@ def test_layer_cosine_distance_runs(case):
     d = r.series("grad_distance")
     assert len(d) == 2 and np.all((d >= 0) & (d <= 2))
     with pytest.raises(ValueError, match="distance"): AttackConfig(distance="manhattan").validate()
+
+
+# --- The performance levers (issue 18): M copies, bf16 autocast, window-only gradients ---------------------------------
+
+@pytest.fixture(scope="module")
+def levers_reference():
+    "x_opt, x_final and the gradient distances of 6-step runs made by the code before the levers (commit 18f4abe)."
+    return torch.load(data_dir().parent / "tests" / "data" / "levers_off_18f4abe.pt")
+
+
+def _reference_runs(**levers):
+    "The runs of tests/data/levers_off_18f4abe.pt (both arms, 32 px B = 8 and 64 px B = 6) with the given levers."
+    prior, out = load_prior("synthfaces"), {}
+    for size, B in ((32, 8), (64, 6)):
+        model = resnet18(num_classes=2, seed=0, input_size=size)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.rand(B, 3, size, size, generator=g), torch.tensor([0, 1] * (B // 2))
+        obs = client_gradient(model, x, y)
+        for gm in (1000.0, 0.0):
+            kw = {k: (B if v == "B" else v) for k, v in levers.items()}
+            r = diffula_attack(obs, model, prior, AttackConfig.cpu(steps=6, t_star=20, denoise_method="ddim",
+                               snapshot_every=0, progress=False, gm_weight=gm, **kw), batch_size=B)
+            out[f"{size}-{B}-{gm}"] = dict(x_opt=r.x_opt, x_final=r.x_final,
+                                           grad_distance=torch.tensor(r.history["grad_distance"]))
+    return out
+
+
+@pytest.mark.parametrize("levers", [dict(), dict(copies="B", precision="fp32", window_only=False)])
+def test_levers_off_equal_the_code_before_them_bit_for_bit(levers_reference, levers):
+    new = _reference_runs(**levers)
+    assert new.keys() == levers_reference.keys()
+    for k, ref in levers_reference.items():
+        for name, v in ref.items():
+            assert torch.equal(v.isnan(), new[k][name].isnan()), (k, name)
+            assert torch.equal(v.nan_to_num(), new[k][name].nan_to_num()), (k, name)
+
+
+def test_levers_change_the_run(levers_reference):
+    "Each lever is live (the attack's numbers change); the control, which has no g_gm, does not move."
+    for levers in (dict(copies=4), dict(precision="bf16"), dict(window_only=True)):
+        new = _reference_runs(**levers)
+        assert not torch.equal(levers_reference["64-6-1000.0"]["x_opt"], new["64-6-1000.0"]["x_opt"]), levers
+        assert torch.equal(levers_reference["64-6-0.0"]["x_opt"], new["64-6-0.0"]["x_opt"]), levers
+
+
+def test_bf16_keeps_the_step_direction():
+    "bf16 autocast: g_gm on the same x0 and the same draws of T points where fp32's does (cosine > 0.95)."
+    from diffula.attack import _matching_gradient, _targets
+    from diffula.formulation import model_layers
+    model = resnet18(num_classes=2, seed=0, input_size=64)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 64, 64, generator=g), torch.tensor([0, 1, 1, 0, 1, 1])
+    obs, layers = client_gradient(model, x, y), model_layers(model)
+    x0 = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    gs = []
+    for precision in ("fp32", "bf16"):
+        c = AttackConfig(precision=precision)
+        torch.manual_seed(3)                                        # the same draws of T for both
+        gs.append(_matching_gradient(x0, model, obs, _targets(y, 6, 2), augmentation(c), c, [1.0] * len(layers),
+                                     layers, 64)[0])
+    assert not torch.equal(gs[0], gs[1])
+    assert torch.nn.functional.cosine_similarity(gs[0].flatten(), gs[1].flatten(), dim=0) > 0.95
+
+
+def test_window_only_distance_equals_the_full_distance():
+    "On the same step, window-only gives the distance and g_gm of the full candidate gradient up to float rounding."
+    from diffula.attack import _matching_gradient, _targets
+    from diffula.formulation import model_layers
+    from diffula.schedules import layer_window
+    model = resnet18(num_classes=2, seed=0, input_size=32)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 32, 32, generator=g), torch.tensor([0, 1, 1, 0, 1, 1])
+    obs, layers = client_gradient(model, x, y), model_layers(model)
+    x0 = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    oo = torch.stack([o.pow(2).sum() for o in obs])
+    for metric in ("cosine", "layer_cosine", "l2"):
+        for step in (0, 10):                                        # the window on the deep layers only, then wider
+            w = layer_window(40, len(layers))[step]
+            out = []
+            for wo in (False, True):
+                c = AttackConfig(window_only=wo, distance=metric, p_noise=0, p_jitter=0, p_perspective=0, p_blur=0)
+                out.append(_matching_gradient(x0, model, obs, _targets(y, 6, 2), augmentation(c), c, w, layers, 32, oo))
+            assert abs(out[0][1] - out[1][1]) <= 1e-5 * max(1, abs(out[0][1])), (metric, step)
+            torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=1e-4 * float(out[0][0].abs().max()))
+
+
+def test_copies_estimate_the_same_objective():
+    "M label-weighted copies: with identity labels (one class) the targets are that class; else each copy the proportions."
+    from diffula.attack import _targets
+    y = torch.tensor([1, 1, 1, 1])
+    assert torch.equal(_targets(y, 4, 2), y)                        # M = B: the labels themselves (today's objective)
+    t = _targets(torch.tensor([0, 1, 1, 1]), 3, 2)
+    assert t.shape == (3, 2) and torch.allclose(t, torch.tensor([[0.25, 0.75]] * 3))
+    logits = torch.randn(3, 2)
+    one = torch.nn.functional.cross_entropy(logits, _targets(y, 3, 2))
+    assert torch.allclose(one, torch.nn.functional.cross_entropy(logits, torch.tensor([1, 1, 1])))
+
+
+@pytest.mark.parametrize("bad", [dict(copies=0), dict(copies=2.5), dict(precision="fp16"), dict(window_only="yes"),
+                                 dict(copies=4, adaptive="prune:p=0.5")])
+def test_levers_validate(bad):
+    with pytest.raises(ValueError, match="AttackConfig"):
+        AttackConfig(**bad).validate()
