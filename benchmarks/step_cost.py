@@ -14,10 +14,21 @@ same run; ratios are between parts of the same run, never against numbers from e
 --paper times the paper's setting: an ADM-256-sized UNet (the FFHQ-256 architecture of Baranchuk et al.,
 random weights: they cost the same as trained ones), ResNet-18 at 64x64, B = 30, full and Jacobian-free
 prior gradient, fp32 and bf16 autocast, and extrapolates to S = 4,000 steps (the paper: 23.3 min on an A100).
+
+--levers times one whole DiffULA step (the prior term g_p with the shipped SynthFaces prior, Jacobian-free as in the CPU
+presets; the augmented batch; the gradient-matching term g_gm through the attack's own code) on one thread, averaged
+over five window positions along a 480-step schedule (the window-only lever depends on where the window rests), for
+today's setting (M = B, fp32, all layers), each lever alone and all together, at 64 px, B = 30 and at the demo's
+32 px, B = 8; each as a speed-up over today's and as a fraction of the fp32 GEMM rate measured in the same run:
+
+    python benchmarks/step_cost.py --levers                 # both settings, one thread (about 3 minutes)
+    python benchmarks/step_cost.py --levers --copies 4 8 16 # the copies to time (default 4 8)
 """
 import argparse
+import multiprocessing as mp
 import os
 import time
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
@@ -136,6 +147,129 @@ def _autocast(f, device, dtype):
     with torch.autocast(device_type=device.type, dtype=dtype): return f()
 
 
+# ---- --levers: today's step against the performance levers of AttackConfig (copies, precision, window_only) ----------
+
+LEVER_SETTINGS = {"64 px, B = 30": (64, 30), "demo: 32 px, B = 8": (32, 8)}
+
+
+def lever_configs(B, copies):
+    "The configs timed: today's (M = B, fp32, all layers), each lever alone, and all together (one per M)."
+    from diffula.attack import AttackConfig
+    base = AttackConfig.cpu(progress=False, copies=None, precision="fp32", window_only=False)
+    rows = {"today (M = B, fp32, all layers)": base}
+    for m in copies:
+        if m < B: rows[f"copies M = {m}"] = replace(base, copies=m)
+    rows["precision bf16"] = replace(base, precision="bf16")
+    rows["window_only"] = replace(base, window_only=True)
+    for m in copies:
+        if m < B: rows[f"all: M = {m}, bf16, window_only"] = replace(base, copies=m, precision="bf16", window_only=True)
+    return rows
+
+
+class LeverStep:
+    "One whole DiffULA step through the attack's own code, on fixed inputs, at given positions of a 480-step schedule."
+    def __init__(self, prior, size, B, positions=5, seed=0):
+        from diffula.attack import AttackConfig
+        g = torch.Generator().manual_seed(seed)
+        self.prior, self.size, self.B = prior, size, B
+        self.model = resnet18(num_classes=2, seed=seed, input_size=size)
+        images = torch.rand(B, 3, size, size, generator=g)
+        self.labels = torch.randint(0, 2, (B,), generator=g)
+        self.observed = client_gradient(self.model, images, self.labels)
+        self.layers = model_layers(self.model)
+        R = prior.resolution
+        self.x0 = torch.rand(1, 3, R, R, generator=g) * 2 - 1
+        self.noise = torch.randn(1, 3, R, R, generator=g)
+        S = AttackConfig.cpu().steps
+        tau, _, window = AttackConfig.cpu().schedules(len(self.layers), prior.num_train_timesteps)
+        self.at = [(int(tau[i]), window[i]) for i in torch.linspace(0, S - 1, positions).long().tolist()]
+
+    def g_gm(self, c, k, draw_seed=0):
+        "g_gm at position k, T's draws from `draw_seed`."
+        from diffula.attack import _matching_gradient, _targets, augmentation
+        targets = _targets(self.labels, c.copies or self.B, 2)
+        oo = torch.stack([o.pow(2).sum() for o in self.observed]) if c.window_only else None
+        torch.manual_seed(draw_seed)
+        return _matching_gradient(self.x0, self.model, self.observed, targets, augmentation(c), c, self.at[k][1],
+                                  self.layers, self.size, oo)[0]
+
+    def step(self, c):
+        "One step at every position (g_p Jacobian-free, as in the CPU presets, + g_gm)."
+        from diffula.attack import _prior_step
+        for k, (t, _) in enumerate(self.at):
+            g_p, _ = _prior_step(self.prior, self.x0, t, self.noise, False)
+            (g_p + self.g_gm(c, k)).sum().item()
+
+
+def _cos(a, b): return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def lever_table(prior, size, B, copies, repeats, rate):
+    "Time each config side by side; print ms per step, speed-up, GEMM fraction and the step direction's cosine."
+    run, cfgs = LeverStep(prior, size, B), lever_configs(B, copies)
+    n = len(run.at)
+    today = cfgs["today (M = B, fp32, all layers)"]
+    ref = [torch.stack([run.g_gm(today, k, s) for s in range(8)]).mean(0) for k in range(n)]  # E over T, M = B
+    one = [run.g_gm(today, k, 100) for k in range(n)]
+    print(f"\n{size} px, B = {B}, ResNet-18, the shipped prior ({prior.resolution} px, Jacobian-free g_p), one thread, "
+          f"mean over {n} window positions of a {480}-step schedule")
+    print(f"{'setting':36s} {'ms/step':>8s} {'speed-up':>8s} {'GFLOP':>7s} {'of GEMM':>8s} {'cos same T':>10s} "
+          f"{'cos E[T]':>8s}")
+    times = {}
+    for name, c in cfgs.items():                                  # timed side by side, interleaved by repeat
+        times[name] = []
+    for r in range(repeats + 1):
+        for name, c in cfgs.items():
+            t0 = time.perf_counter(); run.step(c); t = (time.perf_counter() - t0) / n
+            if r: times[name].append(t)                           # the first round warms up
+    for name, c in cfgs.items():
+        t = sum(times[name]) / len(times[name])
+        fl = flops(lambda: run.step(c)) / n
+        same = (sum(_cos(run.g_gm(today, k, 100), run.g_gm(c, k, 100)) for k in range(n)) / n
+                if (c.copies or B) == B else float("nan"))         # same draws of T: precision and window only
+        mean = sum(_cos(ref[k], run.g_gm(c, k, 100)) for k in range(n)) / n
+        base = sum(times["today (M = B, fp32, all layers)"]) / repeats
+        print(f"{name:36s} {t * 1e3:8.1f} {base / t:7.2f}x {fl / 1e9:7.2f} {fl / t / rate:8.1%} {same:10.4f} {mean:8.3f}")
+    print("  cos same T: cosine of g_gm to today's on the same draws of T (precision, window); "
+          "cos E[T]: of one draw's g_gm to the mean of 8 draws of today's (what M costs in variance; "
+          f"today's own: {sum(_cos(ref[k], one[k]) for k in range(n)) / n:.3f})")
+    return {k: sum(v) / len(v) for k, v in times.items()}
+
+
+def _layout_worker(args):
+    threads, size, B, copies, seconds = args
+    torch.set_num_threads(threads)
+    from diffula.attack import AttackConfig
+    run = LeverStep(load_prior("synthfaces"), size, B, positions=1)
+    c = AttackConfig.paper_cpu(progress=False, copies=copies)
+    run.step(c)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds: run.step(c); n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def thread_layout(size, B, copies, seconds=20):
+    "Steps per second of the whole machine: one process with two threads, against two processes with one each."
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as p: one2 = p.map(_layout_worker, [(2, size, B, copies, seconds)])[0]
+    with ctx.Pool(2) as p: two1 = sum(p.map(_layout_worker, [(1, size, B, copies, seconds)] * 2))
+    print(f"\nthread layout at {size} px, B = {B}, paper-cpu levers: one process, two threads: {one2:.2f} steps/s; "
+          f"two processes, one thread each: {two1:.2f} steps/s together ({two1 / one2:.2f}x)")
+
+
+def levers_main(copies, repeats, layout=True):
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    prior = load_prior("synthfaces")
+    rate = gemm_rate(device)
+    print(f"fp32 GEMM rate measured in this run: {rate / 1e9:.0f} GFLOP/s on one thread")
+    out = {name: lever_table(prior, size, B, copies, repeats, rate) for name, (size, B) in LEVER_SETTINGS.items()}
+    print("\ntorch.compile: not timed — torch 2.13's aot_autograd raises 'torch.compile with aot_autograd does not "
+          "currently support double backward' on the create_graph gradient that g_gm differentiates")
+    if layout: thread_layout(64, 30, min(copies))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", default="random", help="'random' (sized by --prior-res/--prior-width), 'synthfaces', or a prior folder")
@@ -146,7 +280,11 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per part")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--paper", action="store_true", help="the paper's configuration (ADM-256 UNet, 64 px, B=30; GPU)")
+    ap.add_argument("--levers", action="store_true", help="today's step against the AttackConfig levers, one thread (CPU)")
+    ap.add_argument("--copies", type=int, nargs="+", default=[4, 8], help="--levers: the copies M to time (default 4 8)")
+    ap.add_argument("--no-layout", action="store_true", help="--levers: skip the thread-layout comparison")
     args = ap.parse_args(argv)
+    if args.levers: return levers_main(args.copies, args.repeats, not args.no_layout)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available(): raise SystemExit("--device cuda asked for, but no CUDA GPU here")
     if args.paper:

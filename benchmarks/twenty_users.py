@@ -8,7 +8,8 @@ and the same prior noise, so whatever it gets right comes from the prior and the
 
     python benchmarks/twenty_users.py                                  # users 0-19, both arms, 2 processes
     python benchmarks/twenty_users.py --first-user 40 --users 16       # users 40-55 (the users the demo was tuned on)
-    python benchmarks/twenty_users.py --set image_size=64 --set batch_size=30 --jobs 2 --json out/u64.json   # the paper's setting (slow)
+    python benchmarks/twenty_users.py --preset paper-cpu --json out/u64.json   # the paper's setting with the CPU levers
+    python benchmarks/twenty_users.py --preset paper-cpu --set copies=null --set 'precision="fp32"' --set window_only=false  # without them
     python benchmarks/twenty_users.py --device cuda --jobs 1
 
 Chance levels: gender 0.5, race 0.25 (4 balanced classes), age: the MAE of always answering the mean true age.
@@ -30,14 +31,14 @@ from diffula.pipeline import attribute_score, sign_test  # noqa: E402  (one defi
 
 def one(args):
     "One user's case (run_case sets torch to one thread for the run); --set keys that are Case fields go to the case."
-    user, seed, device, method, overrides, runs = args
+    user, seed, device, method, overrides, runs, preset = args
     from dataclasses import fields
     from diffula.case import Case
     from diffula.pipeline import run_case, run_cases
     names = {f.name for f in fields(Case)}
     case_kw = {k: v for k, v in overrides.items() if k in names}
     config = {k: v for k, v in overrides.items() if k not in names}
-    case = Case.demo(user=user, seed=seed, device=device, method=method, config=config, **case_kw)
+    case = Case.for_preset(preset, user=user, seed=seed, device=device, method=method, config=config, **case_kw)
     if runs: return run_cases([case], runs, progress=False)[0]   # stored under runs/<key>: reused by any later run
     return run_case(case, progress=False).metrics
 
@@ -62,7 +63,9 @@ def main(argv=None):
     ap.add_argument("--users", type=int, default=20, help="number of SynthFaces users (default 20)")
     ap.add_argument("--first-user", type=int, default=0, help="first user index: users first..first+N-1 (default 0)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the model and the attacks, both arms (default 0)")
-    ap.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the demo's)")
+    ap.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the preset's)")
+    ap.add_argument("--preset", default="cpu", help="cpu (the demo: 32 px, B = 8), paper-cpu (64 px, B = 30 with the "
+                    "attack's CPU levers) or paper (default cpu)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--jobs", type=int, default=2, help="users run in parallel, one thread each (default 2)")
     ap.add_argument("--no-control", action="store_true", help="skip the prior-only control")
@@ -77,7 +80,7 @@ def main(argv=None):
     users = list(range(a.first_user, a.first_user + a.users))
     results, t0 = {}, time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        futs = {name: pool.map(one, [(u, a.seed, a.device, method, base, a.runs) for u in users]) for name, method in arms}
+        futs = {name: pool.map(one, [(u, a.seed, a.device, method, base, a.runs, a.preset) for u in users]) for name, method in arms}
         for name, _ in arms: results[name] = list(futs[name])
     wall = time.time() - t0
     settings = {k: v for k, v in results["attack"][0]["settings"].items() if k not in ("method", "seed")}

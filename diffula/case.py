@@ -8,13 +8,15 @@ import hashlib, json
 from dataclasses import dataclass, field, asdict
 
 # %% auto #0
-__all__ = ['BN_MODES', 'TASK_LABELS', 'PRESETS', 'EVALUATORS', 'EXECUTORS', 'METHOD_NAMES', 'DEFENCES', 'Defence',
-           'parse_defence', 'Case']
+__all__ = ['BN_MODES', 'TASK_LABELS', 'PRESETS', 'PRESET_SETTINGS', 'EVALUATORS', 'EXECUTORS', 'METHOD_NAMES', 'DEFENCES',
+           'Defence', 'parse_defence', 'Case']
 
 # %% ../nbs/00_case.ipynb #fb738f1f
 BN_MODES = ("eval", "train")  # BatchNorm mode of the client's gradient and the attacker's candidates (stage 00)
 TASK_LABELS = ("expression", "identity")  # SynthFaces federated task label (stage 00b)
-PRESETS = ("cpu", "paper")  # a method's base config: CPU-sized budgets, or Section 3's
+PRESETS = ("cpu", "paper-cpu", "paper")  # a method's base config: CPU-sized, the paper's setting on a CPU, Section 3's
+PRESET_SETTINGS = {"cpu": dict(image_size=32, batch_size=8),  # each preset's federated setting (Case.for_preset)
+                   "paper-cpu": dict(image_size=64, batch_size=30), "paper": dict(image_size=64, batch_size=30)}
 EVALUATORS = ("synthfaces", "deepface")  # who reads faces: the offline SynthFaces stand-ins, or DeepFace on real photos
 EXECUTORS = ("local", "ray")  # where many cases run: local processes, or Ray tasks
 # the attack methods of the case runner (stage 04b); `register_method` appends new ones
@@ -89,7 +91,7 @@ class Case:
     bn_mode: str = "eval"  # BatchNorm mode of the threat model: the client's gradient and the attacker's candidates
     prior: str = "synthfaces"  # the DDPM prior: anything `load_prior` reads
     evaluator: str = "synthfaces"  # face readings: "synthfaces" (offline stand-ins) or "deepface" (real photos)
-    preset: str = "cpu"  # the method's base config: "cpu" (the demo's small budget) or "paper" (Section 3's)
+    preset: str = "cpu"  # the method's base config: "cpu" (the demo's), "paper-cpu" (64 px, B = 30 on a CPU), "paper"
     config: dict = field(default_factory=dict)  # overrides of the method's config fields, e.g. {"steps": 100}
     seed: int = 0  # seeds the attack, the other user and the ensemble's random guess
     device: str = "cpu"  # "cpu" or "cuda[:N]"
@@ -105,6 +107,17 @@ class Case:
     def paper(cls, **kw)->Case:
         "Section 3's federated setting: 64 px, B = 30, the paper's budget (4,000 steps for DiffULA)."
         return cls(**{**dict(image_size=64, batch_size=30, preset="paper"), **kw})
+
+    @classmethod
+    def paper_cpu(cls, **kw)->Case:
+        "The paper's federated setting (64 px, B = 30) with the `paper-cpu` preset: the attack's levers, a CPU budget."
+        return cls(**{**dict(image_size=64, batch_size=30, preset="paper-cpu"), **kw})
+
+    @classmethod
+    def for_preset(cls, preset:str="cpu", **kw)->Case:
+        "A case in `preset`'s federated setting (`PRESET_SETTINGS`); `kw` overrides any field."
+        if preset not in PRESETS: raise ValueError(f"Case: preset must be one of {PRESETS}, got {preset!r}")
+        return cls(**{**PRESET_SETTINGS[preset], "preset": preset, **kw})
 
     def validate(self)->Case:
         "Raise `ValueError` naming the field for anything that cannot run; returns self."

@@ -31,10 +31,10 @@ def _case_options(p, paper:bool):
     p.add_argument("--data", default=d.data,
                    help="synthfaces | celeba:PATH (official CelebA files) | folder:PATH (PATH/<user>/*.jpg)"
                    f" (default {d.data})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"B, the private batch size (default {d.batch_size})")
-    p.add_argument("--image-size", type=int, default=d.image_size,
-                   help=f"the federated model's input size (default {d.image_size})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"B, the private batch size (default: the preset's, {d.batch_size} for {d.preset})")
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"the federated model's input size (default: the preset's, {d.image_size} for {d.preset})")
     p.add_argument("--task-label", default=d.task_label, choices=TASK_LABELS,
                    help=f"SynthFaces task label (default {d.task_label})")
     p.add_argument("--defence", default=d.defence, metavar="SPEC",
@@ -49,7 +49,9 @@ def _case_options(p, paper:bool):
                    help="'synthfaces', a diffusers folder, a hub id in the local cache, or a "
                    f"guided-diffusion .pt checkpoint such as ffhq.pt (default {d.prior})")
     p.add_argument("--evaluator", default=d.evaluator, choices=EVALUATORS, help=f"face readings (default {d.evaluator})")
-    p.add_argument("--preset", default=d.preset, choices=PRESETS, help=f"the method's base config (default {d.preset})")
+    p.add_argument("--preset", default=d.preset, choices=PRESETS,
+                   help=f"the method's base config and its setting: cpu (32 px, B = 8), paper-cpu (64 px, B = 30, the "
+                   f"attack's CPU levers), paper (64 px, B = 30, Section 3's budget) (default {d.preset})")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps S (default: the preset's)")
     p.add_argument("--lr", type=float, default=None, help="step size η (default: the preset's)")
     p.add_argument("--gm-weight", type=float, default=None,
@@ -79,8 +81,9 @@ def _overrides(a)->dict:
 
 def case_from_args(a, **kw)->Case:
     "A validated `Case` from parsed `attack`/`table1` options (torch-free: nothing is loaded)."
-    return Case(data=a.data, batch_size=a.batch_size, image_size=a.image_size, task_label=a.task_label,
-                bn_mode=a.bn_mode, prior=a.prior, evaluator=a.evaluator, preset=a.preset, config=_overrides(a),
+    size = {k: v for k, v in dict(batch_size=a.batch_size, image_size=a.image_size).items() if v is not None}
+    return Case.for_preset(a.preset, data=a.data, **size, task_label=a.task_label,
+                bn_mode=a.bn_mode, prior=a.prior, evaluator=a.evaluator, config=_overrides(a),
                 seed=a.seed, model_seed=a.model_seed, device=a.device, defence=a.defence,
                 adaptive=a.adaptive, **kw).validate()
 

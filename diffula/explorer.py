@@ -105,6 +105,7 @@ class Explorer:
     def __init__(self, user:int=0, # user index in the case's data (SynthFaces, stream seed 0)
                  device:str|None=None, # "cpu" or "cuda[:N]" (default: "cuda" when available)
                  prior:str="synthfaces", # anything `load_prior` reads
+                 preset:str|None=None, # "cpu", "paper-cpu" or "paper" (default: "cpu" on a CPU, "paper" on a GPU)
                  batch_size:int|None=None, # B (default: the setting's)
                  image_size:int|None=None, # the federated model's input size (default: the setting's)
                  task_label:str|None=None, # SynthFaces task label ("expression" or "identity"; default: the setting's)
@@ -115,7 +116,7 @@ class Explorer:
                 ):
         device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads, self.stream_every = threads, stream_every
-        self._setting_kw = dict(prior=prior, batch_size=batch_size, image_size=image_size, task_label=task_label,
+        self._setting_kw = dict(prior=prior, preset=preset, batch_size=batch_size, image_size=image_size, task_label=task_label,
                                 model_seed=model_seed, **overrides)
         self.setting = explorer_setting(device, **self._setting_kw)
         self.prior_source = self.setting.case.prior

@@ -43,19 +43,24 @@ class Setting:
     @property
     def task_label(self)->str: return self.case.task_label
 
+_CTOR = {"cpu": "demo", "paper-cpu": "paper_cpu", "paper": "paper"}  # each preset's Case constructor
+
 def explorer_setting(device:str="cpu", # "cpu" or "cuda[:N]"
                      **kw, # `Case` fields (None: the preset's) and `AttackConfig` fields (the sliders' start)
                     )->Setting:
-    "CPU: the demo's case (`Case.demo()`, preset \"cpu\"); GPU: the paper's (`Case.paper()`, preset \"paper\")."
+    ("CPU: the demo's case (`Case.demo()`, preset \"cpu\"); GPU: the paper's (`Case.paper()`, preset \"paper\"); "
+     "`preset=\"paper-cpu\"`: the paper's federated setting with the CPU levers (`Case.paper_cpu()`).")
     device, cpu = str(device), str(device).startswith("cpu")
     case_kw = {k: v for k, v in kw.items() if k in _CASE_FIELDS and v is not None}
     over = {k: v for k, v in kw.items() if k not in _CASE_FIELDS}
-    case = (Case.demo if cpu else Case.paper)(device=device, config=over, **case_kw).validate()
+    preset = case_kw.pop("preset", "cpu" if cpu else "paper")
+    case = Case.for_preset(preset, device=device, config=over, **case_kw).validate()
     cfg, R, B = replace(diffula_config(case), progress=False), case.image_size, case.batch_size
     what = (f"{R} px model input, B = {B}, {cfg.steps} steps, g<sub>p</sub> {cfg.prior_grad} "
-            f"(<code>Case.{'demo' if cpu else 'paper'}()</code>, preset <code>{case.preset}</code>)")
-    note = (f"<b>CPU</b>: the demo's case: {what}. On a GPU the explorer runs the paper's case on <code>cuda</code>."
-            if cpu else f"<b>{device}</b>: the paper's case: {what}.")
+            f"(<code>Case.{_CTOR[preset]}()</code>, preset <code>{case.preset}</code>)")
+    name = {"cpu": "the demo's case", "paper-cpu": "the paper's setting with the CPU levers", "paper": "the paper's case"}
+    note = (f"<b>CPU</b>: {name[preset]}: {what}. On a GPU the explorer runs the paper's case on <code>cuda</code>."
+            if cpu else f"<b>{device}</b>: {name[preset]}: {what}.")
     return Setting(case, cfg, note)
 
 # %% ../nbs/05a_live.ipynb #fbae930f
@@ -207,8 +212,9 @@ def attack_command(case:Case, # the case to run
     return "diffula attack " + shlex.join(args + ["--out", str(out)])
 
 def case_snippet(case:Case)->str:
-    "`case` as a Python expression: `Case.demo(...)` or `Case.paper(...)` with the fields that differ from it."
-    ctor = "paper" if case.preset == "paper" else "demo"
+    ("`case` as a Python expression: `Case.demo(...)`, `Case.paper_cpu(...)` or `Case.paper(...)` with the fields "
+     "that differ from it.")
+    ctor = _CTOR[case.preset]
     kw = ", ".join(f"{k}={v!r}" for k, v in _case_kwargs(case, getattr(Case, ctor)()))
     return f"Case.{ctor}({kw})"
 

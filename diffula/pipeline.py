@@ -64,7 +64,8 @@ def _method_config(case:Case, cls, base):
 
 def diffula_config(case:Case)->AttackConfig:
     "DiffULA's AttackConfig for a case: the preset, the case's seed, device and BatchNorm mode, then `case.config`."
-    return _method_config(case, AttackConfig, AttackConfig.cpu() if case.preset == "cpu" else AttackConfig())
+    base = {"cpu": AttackConfig.cpu, "paper-cpu": AttackConfig.paper_cpu, "paper": AttackConfig}[case.preset]()
+    return _method_config(case, AttackConfig, base)
 
 def case_prior(case:Case):
     "The case's DDPM prior, loaded once per process (a missing or unreadable file fails here, before any data is read)."
@@ -89,9 +90,9 @@ def run_control(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Ca
 
 # %% ../nbs/04b_pipeline.ipynb #f07d3445
 def _baseline_config(case:Case, cls):
-    ("A baseline's config for a case: the preset (cpu: the compressed schedule; paper: Section 3's budget), "
-     "the case's seed, device and BatchNorm mode, then `case.config`.")
-    return _method_config(case, cls, cls.cpu() if case.preset == "cpu" else cls())
+    ("A baseline's config for a case: the preset (cpu and paper-cpu: the compressed schedule; paper: Section 3's "
+     "budget), the case's seed, device and BatchNorm mode, then `case.config`.")
+    return _method_config(case, cls, cls() if case.preset == "paper" else cls.cpu())
 
 def case_generator(case:Case):
     "GIAS's generator (the shipped SynthFaces one), loaded once per process."

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffula.case import METHOD_NAMES
-from diffula.cli import build_parser, main
+from diffula.cli import build_parser, case_from_args, main
 from diffula.data import make_celeba_fixture
 
 torch.set_num_threads(1)
@@ -73,10 +73,29 @@ def test_impossible_ranges_are_usage_errors(argv, msg, tmp_path, capsys):
 
 
 def test_defaults():
+    "Sizes follow the preset unless given: attack defaults to the paper's case, table1 to the demo's."
     a = build_parser().parse_args(["attack"])
-    assert (a.batch_size, a.image_size, a.preset, a.data, a.bn_mode) == (30, 64, "paper", "synthfaces", "eval")
+    assert (a.preset, a.data, a.bn_mode) == ("paper", "synthfaces", "eval")
+    assert (case_from_args(a).batch_size, case_from_args(a).image_size) == (30, 64)
     t = build_parser().parse_args(["table1"])
-    assert (t.batch_size, t.image_size, t.preset, t.users, t.methods) == (8, 32, "cpu", 20, "diffula,control")
+    assert (t.preset, t.users, t.methods) == ("cpu", 20, "diffula,control")
+    assert (case_from_args(t).batch_size, case_from_args(t).image_size) == (8, 32)
+    p = case_from_args(build_parser().parse_args(["table1", "--preset", "paper-cpu"]))
+    assert (p.batch_size, p.image_size, p.preset) == (30, 64, "paper-cpu")
+    s = case_from_args(build_parser().parse_args(["attack", "--preset", "paper-cpu", "--batch-size", "12"]))
+    assert (s.batch_size, s.image_size) == (12, 64)
+
+
+def test_todays_step_from_the_command_line():
+    "The issue's command line gives today's step at 64 px, B = 30: every lever off."
+    from diffula.pipeline import diffula_config
+    argv = ["attack", "--preset", "cpu", "--image-size", "64", "--batch-size", "30", "--set", "copies=30",
+            "--set", 'precision="fp32"', "--set", "window_only=false"]
+    c = case_from_args(build_parser().parse_args(argv))
+    cfg = diffula_config(c)
+    assert (c.image_size, c.batch_size, cfg.copies, cfg.precision, cfg.window_only) == (64, 30, 30, "fp32", False)
+    lev = diffula_config(case_from_args(build_parser().parse_args(["attack", "--preset", "paper-cpu"])))
+    assert (lev.copies, lev.precision, lev.window_only) == (8, "bf16", True)
 
 
 @pytest.mark.parametrize("argv, needle", [
