@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
-from diffula.pipeline import attribute_score, sign_test  # noqa: E402  (one definition, stage 04b)
+from diffula.pipeline import paired_summary  # noqa: E402  (one definition, stage 04b)
 
 
 def one(args):
@@ -47,15 +47,6 @@ def arm_summary(rows):
     "The per-arm numbers: the runner's leak summary (own batch vs another user, attributes against chance, face rate, budget), with the attack time per user."
     from diffula.pipeline import leak_summary
     return dict(leak_summary(rows), s_per_user=round(float(np.mean([r["timings"]["attack_s"] for r in rows])), 1))
-
-
-def paired(att, ctl):
-    "Paired comparisons of the attack with its control, user by user."
-    gap = lambda rows: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rows]
-    score = lambda rows: [attribute_score(r) for r in rows]
-    return dict(similarity_gap=sign_test(gap(att), gap(ctl)),
-                similarity_own=sign_test([r["similarity_to_batch"] for r in att], [r["similarity_to_batch"] for r in ctl]),
-                attributes=sign_test(score(att), score(ctl)))
 
 
 def main(argv=None):
@@ -94,7 +85,7 @@ def main(argv=None):
                   f" {r['similarity_to_batch']:8.3f} {r['similarity_to_other_user']:9.3f}")
     out = dict(arms={name: arm_summary(results[name]) for name, _ in arms}, settings=settings, overrides=base,
                users=users, seed=a.seed, device=a.device, wall_s=round(wall, 1))
-    if not a.no_control: out["paired"] = paired(results["attack"], results["control"])
+    if not a.no_control: out["paired"] = paired_summary(results["attack"], results["control"])
     print("\nchance: gender 0.5, race 0.25, age MAE of answering the mean true age (age_mae_chance)")
     for name, s in out["arms"].items(): print(f"{name:>8s}: {json.dumps(s)}")
     if "paired" in out: print(f"  paired (attack > control): {json.dumps(out['paired'])}")

@@ -19,14 +19,14 @@ from .evaluation import aggregate
 from .case import Case
 from .files import atomic_write, write_json, write_text, save_figure, check_out_dir
 from .pipeline import (METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config, leak_summary,
-                              attributes_right, attribute_score, sign_test)
+                              attributes_right, attribute_score, sign_test, paired_summary)
 from .defence_study import (DEFENCE_STUDIES, defence_sweep, break_points, defence_table_markdown,
                                    fig_defences)
 
 # %% auto #0
 __all__ = ['FIGURE_STUDIES', 'trace_case', 'moving_average', 'turning_point', 'tau_tradeoff', 'batch_size_sweep',
-           'susceptibility', 'fig_overview', 'fig_methods', 'fig_trace', 'fig_progression', 'fig_demographics',
-           'fig_curves', 'table2_markdown', 'figures']
+           'susceptibility', 'steps_curve', 'fig_steps', 'fig_overview', 'fig_methods', 'fig_trace', 'fig_progression',
+           'fig_demographics', 'fig_curves', 'table2_markdown', 'figures']
 
 # %% ../nbs/05_failure_analysis.ipynb #8f3f37ff
 def trace_case(case:Case, # a DiffULA (or control) case
@@ -139,6 +139,50 @@ def susceptibility(results:Sequence[dict], # DiffULA case results of users u_0..
     return dict(users=len(pairs), rho_rank_vs_gap=round(float(rg), 3), p_gap=round(float(pg), 4),
                 rho_rank_vs_similarity=round(float(ro), 3), p_similarity=round(float(po), 4),
                 ranks=rank.tolist(), gaps=[round(float(g), 4) for g in gap])
+
+# %% ../nbs/05_failure_analysis.ipynb #079ba6dd
+def steps_curve(users:Sequence[int], # SynthFaces users (choose on the tuning users, 40-59)
+                out:str|Path, # results folder (finished cases are reused: resumable)
+                budgets:Sequence[int]=(480, 1000, 2000, 4000), # step budgets S (the paper: 4,000)
+                base:Case|None=None, # the case every run starts from (default: `Case.paper_cpu()`)
+                jobs:int=1, # parallel cases
+                progress:bool=True, # progress bars
+               )->list[dict]:
+    ("The leak against the step budget: DiffULA and its prior-only control per budget, on the same users and seeds, "
+     "with paired sign tests and the attack's seconds per user.")
+    base = base or Case.paper_cpu()
+    rows = []
+    for S in budgets:
+        runs = {m: run_cases([replace(base, method=m, user=u, config={**base.config, "steps": int(S)}) for u in users],
+                             out, jobs=jobs, progress=progress) for m in ("diffula", "control")}
+        rows.append(dict(steps=int(S), attack=leak_summary(runs["diffula"]), control=leak_summary(runs["control"]),
+                         paired=paired_summary(runs["diffula"], runs["control"]),
+                         s_per_user=round(float(np.mean([r["timings"]["attack_s"] for r in runs["diffula"]])), 1)))
+    return rows
+
+def fig_steps(rows:Sequence[dict], # `steps_curve` rows
+              title:str="", # what the curve is of (users, setting)
+              dpi:int=80)->plt.Figure:
+    "The leak against the step budget: own > other, the similarity gap, gender and race, age error; control dashed."
+    S = [r["steps"] for r in rows]
+    fig, ax = plt.subplots(1, 4, figsize=(13, 2.9), dpi=dpi)
+    panels = [("own_gt_other", "users: own batch > another's", None), ("similarity_gap", "similarity gap (own − other)", 0),
+              ("gender_acc", "gender / race accuracy", None), ("age_mae", "age error (years)", None)]
+    for a, (k, t, h) in zip(ax, panels):
+        for arm, style in (("attack", "o-"), ("control", "s--")):
+            lab = "DiffULA" if arm == "attack" else "prior-only control"
+            a.plot(S, [r[arm][k] for r in rows], style, color="C0", label=lab + (" (gender)" if k == "gender_acc" else ""))
+            if k == "gender_acc":
+                a.plot(S, [r[arm]["race_acc"] for r in rows], style, color="C1", label=lab + " (race)")
+        if h is not None: a.axhline(h, color="k", lw=0.5)
+        if k == "age_mae": a.plot(S, [r["attack"]["age_mae_chance"] for r in rows], ":", color="k", label="chance")
+        a.set_xscale("log"); a.set_xticks(S, [str(s) for s in S]); a.minorticks_off()
+        a.set_xlabel("steps S"); a.set_title(t, fontsize=9); a.legend(fontsize=6)
+    ax[0].set_ylim(-0.5, rows[0]["attack"]["users"] + 0.5)
+    for a, r in zip([ax[0]]*len(rows), rows): a.annotate(f"{r['s_per_user']:.0f} s", (r["steps"], 0), fontsize=6,
+                                                          ha="center", va="bottom")
+    if title: fig.suptitle(title, fontsize=9)
+    fig.tight_layout(); return fig
 
 # %% ../nbs/05_failure_analysis.ipynb #feb2cdcc
 def _grid(ax, imgs, ncol):

@@ -32,7 +32,7 @@ from .deepface_backend import DeepFaceEvaluator
 __all__ = ['METHODS', 'PREPARE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula', 'run_control',
            'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users', 'co_users', 'make_evaluator',
            'CaseRun', 'run_case', 'load_result', 'run_cases', 'reference_rows', 'leak_summary', 'table1',
-           'attributes_right', 'attribute_score', 'sign_test']
+           'attributes_right', 'attribute_score', 'sign_test', 'paired_summary']
 
 # %% ../nbs/04b_pipeline.ipynb #ee36c10c
 METHODS: dict[str, Callable] = {}
@@ -409,3 +409,15 @@ def sign_test(a:Sequence[float], # the attack's per-user values
     wins, losses = int((a > b).sum()), int((a < b).sum())
     p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
     return dict(wins=wins, losses=losses, ties=int(len(a) - wins - losses), p_value=round(float(p), 5))
+
+def paired_summary(attack:Sequence[dict], # the attack's case results (`run_cases`)
+                   control:Sequence[dict], # its control's on the same users and seeds, in the same order
+                  )->dict:
+    "Paired sign tests of an attack against its control, user by user: own-batch similarity, similarity gap, attributes."
+    if [r["user"] for r in attack] != [r["user"] for r in control]:
+        raise ValueError("paired_summary: the attack and the control must hold the same users in the same order")
+    gap = lambda rows: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rows]
+    own = lambda rows: [r["similarity_to_batch"] for r in rows]
+    score = lambda rows: [attribute_score(r) for r in rows]
+    return dict(similarity_gap=sign_test(gap(attack), gap(control)), similarity_own=sign_test(own(attack), own(control)),
+                attributes=sign_test(score(attack), score(control)))

@@ -85,3 +85,27 @@ def test_sign_test():
     assert sign_test([3, 2, 1, 2], [1, 1, 1, 3]) == dict(wins=2, losses=1, ties=1, p_value=0.5)
     assert sign_test([1, 1], [1, 1]) == dict(wins=0, losses=0, ties=2, p_value=1.0)
     assert sign_test([1]*18 + [0]*2, [0]*18 + [1]*2)["p_value"] == pytest.approx(0.0002, abs=1e-5)
+
+
+def test_steps_curve_runs_both_arms_per_budget_and_pairs_them(tmp_path):
+    "steps_curve: one row per budget, each arm's leak summary at that budget, paired tests over the same users."
+    import matplotlib
+    matplotlib.use("Agg")
+    from diffula.analysis import steps_curve, fig_steps
+    from diffula.case import Case
+    tiny = dict(t_star=5, denoise_method="ddim", snapshot_every=0)
+    rows = steps_curve([0, 1], tmp_path, budgets=(2, 3), base=Case.demo(config=tiny), progress=False)
+    assert [r["steps"] for r in rows] == [2, 3]
+    for r in rows:
+        assert r["attack"]["steps"] == r["steps"] == r["control"]["steps"] and r["attack"]["users"] == 2
+        assert set(r["paired"]) == {"similarity_gap", "similarity_own", "attributes"}
+        assert sum(r["paired"]["similarity_gap"][k] for k in ("wins", "losses", "ties")) == 2
+    assert len(list(tmp_path.glob("*/*/metrics.json"))) == 8                      # 2 budgets x 2 arms x 2 users
+    assert len(fig_steps(rows).axes) == 4
+
+
+def test_paired_summary_rejects_unpaired_users():
+    from diffula.pipeline import paired_summary
+    row = lambda u: dict(user=u, similarity_to_batch=0.5, similarity_to_other_user=0.1, metrics={}, true={}, inferred={})
+    with pytest.raises(ValueError, match="same users"):
+        paired_summary([row("a"), row("b")], [row("b"), row("a")])
