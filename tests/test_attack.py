@@ -270,15 +270,19 @@ def test_levers_change_the_run(levers_reference):
         assert torch.equal(levers_reference["64-6-0.0"]["x_opt"], new["64-6-0.0"]["x_opt"]), levers
 
 
+def _one_step(size):
+    "A ResNet-18 at `size`, the gradient of 6 images with mixed labels, its layers and a 32 px x0: one g_gm's inputs."
+    from diffula.formulation import model_layers
+    model = resnet18(num_classes=2, seed=0, input_size=size)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, size, size, generator=g), torch.tensor([0, 1, 1, 0, 1, 1])
+    return model, client_gradient(model, x, y), y, model_layers(model), torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+
+
 def test_bf16_keeps_the_step_direction():
     "bf16 autocast: g_gm on the same x0 and the same draws of T points where fp32's does (cosine > 0.95)."
     from diffula.attack import _matching_gradient, _targets
-    from diffula.formulation import model_layers
-    model = resnet18(num_classes=2, seed=0, input_size=64)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(6, 3, 64, 64, generator=g), torch.tensor([0, 1, 1, 0, 1, 1])
-    obs, layers = client_gradient(model, x, y), model_layers(model)
-    x0 = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    model, obs, y, layers, x0 = _one_step(64)
     gs = []
     for precision in ("fp32", "bf16"):
         c = AttackConfig(precision=precision)
@@ -292,13 +296,8 @@ def test_bf16_keeps_the_step_direction():
 def test_window_only_distance_equals_the_full_distance():
     "On the same step, window-only gives the distance and g_gm of the full candidate gradient up to float rounding."
     from diffula.attack import _matching_gradient, _targets
-    from diffula.formulation import model_layers
     from diffula.schedules import layer_window
-    model = resnet18(num_classes=2, seed=0, input_size=32)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(6, 3, 32, 32, generator=g), torch.tensor([0, 1, 1, 0, 1, 1])
-    obs, layers = client_gradient(model, x, y), model_layers(model)
-    x0 = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    model, obs, y, layers, x0 = _one_step(32)
     oo = torch.stack([o.pow(2).sum() for o in obs])
     for metric in ("cosine", "layer_cosine", "l2"):
         for step in (0, 10):                                        # the window on the deep layers only, then wider

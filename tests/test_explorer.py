@@ -189,3 +189,14 @@ def test_live_and_explorer_import_no_later_stage_nor_private_names():
             assert not [a.name for a in n.names if a.name.startswith("_")], (mod, n.module)   # nor a private name
         plain = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in plain if m.startswith("diffula")], (mod, plain)
+
+
+def test_paper_cpu_preset_in_the_explorer():
+    "explore(preset='paper-cpu') opens the paper's federated setting with the CPU levers; its command line says so."
+    a = Explorer(user=2, device="cpu", preset="paper-cpu")
+    c = a.setting.case
+    assert (c.preset, c.image_size, c.batch_size, c.user) == ("paper-cpu", 64, 30, 0)   # the setting; the user is a slider
+    assert (a.setting.config.copies, a.setting.config.precision, a.setting.config.window_only) == (8, "bf16", True)
+    assert "paper_cpu" in a.setting.note and "--preset paper-cpu" in attack_command(c, "out/x")
+    with pytest.raises(ValueError, match="preset"):
+        explorer_setting("cpu", preset="gpu")
