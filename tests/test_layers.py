@@ -37,6 +37,7 @@ ORDER = [
     "pipeline",       # the case runner
     "defence_study",  # the defence sweep: the leak against defence strength
     "analysis",       # the study: figures, tables
+    "fallback",       # the fall-back to the prior's mode: how often and when the attack loses its user
     "live",           # the explorer's run logic (no widgets)
     "explorer",       # the ipywidgets app
     "cli",            # the console script
