@@ -79,7 +79,7 @@ class AttackConfig:
     def paper_cpu(cls, **kw)->AttackConfig:
         ("The paper's federated setting (64 px, B = 30) on a CPU: the demo's schedule and η with the levers that held "
          "(M = 8 label-weighted copies, bf16 autocast, window-only gradients) and the step budget the leak-against-steps "
-         "curve on the tuning users chose (see the section \"Making the paper's setting affordable\").")
+         "curve on the tuning users chose, 1,000 (see the section \"Making the paper's setting affordable\").")
         return cls.cpu(**{**dict(steps=1000, copies=8, precision="bf16", window_only=True), **kw})
 
     @classmethod
