@@ -23,6 +23,7 @@ today's setting (M = B, fp32, all layers), each lever alone and all together, at
 
     python benchmarks/step_cost.py --levers                 # both settings, one thread (about 3 minutes)
     python benchmarks/step_cost.py --levers --copies 4 8 16 # the copies to time (default 4 8)
+    python benchmarks/step_cost.py --levers --paper --device cuda   # on a GPU, with the ADM-256-sized prior
 """
 import argparse
 import multiprocessing as mp
@@ -170,16 +171,16 @@ class LeverStep:
     "One whole DiffULA step through the attack's own code, on fixed inputs, at given positions of a 480-step schedule."
     def __init__(self, prior, size, B, positions=5, seed=0):
         from diffula.attack import AttackConfig
-        g = torch.Generator().manual_seed(seed)
-        self.prior, self.size, self.B = prior, size, B
-        self.model = resnet18(num_classes=2, seed=seed, input_size=size)
-        images = torch.rand(B, 3, size, size, generator=g)
-        self.labels = torch.randint(0, 2, (B,), generator=g)
+        g, dev = torch.Generator().manual_seed(seed), prior.device
+        self.prior, self.size, self.B, self.device = prior, size, B, dev
+        self.model = resnet18(num_classes=2, seed=seed, input_size=size).to(dev)
+        images = torch.rand(B, 3, size, size, generator=g).to(dev)
+        self.labels = torch.randint(0, 2, (B,), generator=g).to(dev)
         self.observed = client_gradient(self.model, images, self.labels)
         self.layers = model_layers(self.model)
         R = prior.resolution
-        self.x0 = torch.rand(1, 3, R, R, generator=g) * 2 - 1
-        self.noise = torch.randn(1, 3, R, R, generator=g)
+        self.x0 = (torch.rand(1, 3, R, R, generator=g) * 2 - 1).to(dev)
+        self.noise = torch.randn(1, 3, R, R, generator=g).to(dev)
         S = AttackConfig.cpu().steps
         tau, _, window = AttackConfig.cpu().schedules(len(self.layers), prior.num_train_timesteps)
         self.at = [(int(tau[i]), window[i]) for i in torch.linspace(0, S - 1, positions).long().tolist()]
@@ -198,13 +199,13 @@ class LeverStep:
         from diffula.attack import _prior_step
         for k, (t, _) in enumerate(self.at):
             g_p, _ = _prior_step(self.prior, self.x0, t, self.noise, False)
-            (g_p + self.g_gm(c, k)).sum().item()
+            (g_p + self.g_gm(c, k)).sum().item()                  # .item() waits for a GPU
 
 
 def _cos(a, b): return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-def lever_table(prior, size, B, copies, repeats, rate):
+def lever_table(prior, size, B, copies, repeats, rate, device):
     "Time each config side by side; print ms per step, speed-up, GEMM fraction and the step direction's cosine."
     run, cfgs = LeverStep(prior, size, B), lever_configs(B, copies)
     n = len(run.at)
@@ -214,7 +215,7 @@ def lever_table(prior, size, B, copies, repeats, rate):
     print(f"\n{size} px, B = {B}, ResNet-18, the shipped prior ({prior.resolution} px, Jacobian-free g_p), one thread, "
           f"mean over {n} window positions of a {480}-step schedule")
     print(f"{'setting':36s} {'ms/step':>8s} {'speed-up':>8s} {'GFLOP':>7s} {'of GEMM':>8s} {'cos same T':>10s} "
-          f"{'cos E[T]':>8s}")
+          f"{'cos E[T]':>8s}   device={device}, threads={torch.get_num_threads()}")
     times = {}
     for name, c in cfgs.items():                                  # timed side by side, interleaved by repeat
         times[name] = []
@@ -257,16 +258,18 @@ def thread_layout(size, B, copies, seconds=20):
           f"two processes, one thread each: {two1:.2f} steps/s together ({two1 / one2:.2f}x)")
 
 
-def levers_main(copies, repeats, layout=True):
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    prior = load_prior("synthfaces")
+def levers_main(copies, repeats, layout=True, device=torch.device("cpu"), prior=None):
+    "--levers: the tables (prior: the shipped SynthFaces one unless given, e.g. --paper's ADM-256-sized UNet)."
+    if device.type == "cpu": torch.set_num_threads(1)
+    settings = LEVER_SETTINGS if prior is None else {"64 px, B = 30": (64, 30)}
+    prior = prior or load_prior("synthfaces", device=device)
     rate = gemm_rate(device)
-    print(f"fp32 GEMM rate measured in this run: {rate / 1e9:.0f} GFLOP/s on one thread")
-    out = {name: lever_table(prior, size, B, copies, repeats, rate) for name, (size, B) in LEVER_SETTINGS.items()}
+    print(f"fp32 GEMM rate measured in this run: {rate / 1e9:.0f} GFLOP/s on {device}"
+          + (" (one thread)" if device.type == "cpu" else ""))
+    out = {name: lever_table(prior, size, B, copies, repeats, rate, device) for name, (size, B) in settings.items()}
     print("\ntorch.compile: not timed — torch 2.13's aot_autograd raises 'torch.compile with aot_autograd does not "
           "currently support double backward' on the create_graph gradient that g_gm differentiates")
-    if layout: thread_layout(64, 30, min(copies))
+    if layout and device.type == "cpu": thread_layout(64, 30, min(copies))
     return out
 
 
@@ -280,16 +283,18 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per part")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--paper", action="store_true", help="the paper's configuration (ADM-256 UNet, 64 px, B=30; GPU)")
-    ap.add_argument("--levers", action="store_true", help="today's step against the AttackConfig levers, one thread (CPU)")
+    ap.add_argument("--levers", action="store_true", help="today's step against the AttackConfig levers (CPU: one thread)")
     ap.add_argument("--copies", type=int, nargs="+", default=[4, 8], help="--levers: the copies M to time (default 4 8)")
     ap.add_argument("--no-layout", action="store_true", help="--levers: skip the thread-layout comparison")
     args = ap.parse_args(argv)
-    if args.levers: return levers_main(args.copies, args.repeats, not args.no_layout)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available(): raise SystemExit("--device cuda asked for, but no CUDA GPU here")
     if args.paper:
         if device.type != "cuda": raise SystemExit("--paper needs a GPU (an ADM-256 step is ~7 TFLOP); run with --device cuda on a GPU machine")
         args.batch, args.model_res = 30, 64
+    if args.levers:
+        prior = make_prior(args, device) if args.paper else None
+        return levers_main(args.copies, args.repeats, not args.no_layout, device, prior)
     torch.manual_seed(0)
     prior = make_prior(args, device)
     model = resnet18(seed=0, input_size=args.model_res).to(device)
