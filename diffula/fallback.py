@@ -72,6 +72,8 @@ def fallback_study(users:Sequence[int], # SynthFaces users
                    out:str|Path, # results folder (finished cases are reused)
                    base:Case|None=None, # the case every run starts from (default: the demo's)
                    distances:bool=True, # also `own_image_distances` (a few passes per image)
+                   n_own:int=8, # own images scored by `own_image_distances`
+                   draws:int=4, # draws of T per scored image
                    jobs:int=1, # parallel cases
                    progress:bool=True, # progress bars
                   )->list[dict]:
@@ -83,7 +85,7 @@ def fallback_study(users:Sequence[int], # SynthFaces users
     for u, r, c in zip(users, runs["diffula"], runs["control"]):
         a_dir, c_dir = (out/replace(base, method=m, user=u).key() for m in ("diffula", "control"))
         row = dict(fallback_trace(a_dir, c_dir), metrics=r["metrics"], inferred=r["inferred"], true=r["true"])
-        if distances: row["distances"] = own_image_distances(a_dir)
+        if distances: row["distances"] = own_image_distances(a_dir, n_own, draws)
         rows.append(row)
     return rows
 
