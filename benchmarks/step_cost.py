@@ -178,6 +178,7 @@ class LeverStep:
         self.labels = torch.randint(0, 2, (B,), generator=g).to(dev)
         self.observed = client_gradient(self.model, images, self.labels)
         self.layers = model_layers(self.model)
+        self.oo = torch.stack([o.pow(2).sum() for o in self.observed])  # |∇w|² per tensor: once per attack, as there
         R = prior.resolution
         self.x0 = (torch.rand(1, 3, R, R, generator=g) * 2 - 1).to(dev)
         self.noise = torch.randn(1, 3, R, R, generator=g).to(dev)
@@ -189,10 +190,9 @@ class LeverStep:
         "g_gm at position k, T's draws from `draw_seed`."
         from diffula.attack import _matching_gradient, _targets, augmentation
         targets = _targets(self.labels, c.copies or self.B, 2)
-        oo = torch.stack([o.pow(2).sum() for o in self.observed]) if c.window_only else None
         torch.manual_seed(draw_seed)
         return _matching_gradient(self.x0, self.model, self.observed, targets, augmentation(c), c, self.at[k][1],
-                                  self.layers, self.size, oo)[0]
+                                  self.layers, self.size, self.oo)[0]
 
     def step(self, c):
         "One step at every position (g_p Jacobian-free, as in the CPU presets, + g_gm)."
@@ -216,20 +216,18 @@ def lever_table(prior, size, B, copies, repeats, rate, device):
           f"mean over {n} window positions of a {480}-step schedule")
     print(f"{'setting':36s} {'ms/step':>8s} {'speed-up':>8s} {'GFLOP':>7s} {'of GEMM':>8s} {'cos same T':>10s} "
           f"{'cos E[T]':>8s}   device={device}, threads={torch.get_num_threads()}")
-    times = {}
-    for name, c in cfgs.items():                                  # timed side by side, interleaved by repeat
-        times[name] = []
+    times = {name: [] for name in cfgs}                           # timed side by side, interleaved by repeat
     for r in range(repeats + 1):
         for name, c in cfgs.items():
             t0 = time.perf_counter(); run.step(c); t = (time.perf_counter() - t0) / n
             if r: times[name].append(t)                           # the first round warms up
+    base = sum(times["today (M = B, fp32, all layers)"]) / repeats
     for name, c in cfgs.items():
         t = sum(times[name]) / len(times[name])
         fl = flops(lambda: run.step(c)) / n
         same = (sum(_cos(run.g_gm(today, k, 100), run.g_gm(c, k, 100)) for k in range(n)) / n
                 if (c.copies or B) == B else float("nan"))         # same draws of T: precision and window only
         mean = sum(_cos(ref[k], run.g_gm(c, k, 100)) for k in range(n)) / n
-        base = sum(times["today (M = B, fp32, all layers)"]) / repeats
         print(f"{name:36s} {t * 1e3:8.1f} {base / t:7.2f}x {fl / 1e9:7.2f} {fl / t / rate:8.1%} {same:10.4f} {mean:8.3f}")
     print("  cos same T: cosine of g_gm to today's on the same draws of T (precision, window); "
           "cos E[T]: of one draw's g_gm to the mean of 8 draws of today's (what M costs in variance; "

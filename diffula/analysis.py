@@ -19,7 +19,7 @@ from .evaluation import aggregate
 from .case import Case
 from .files import atomic_write, write_json, write_text, save_figure, check_out_dir
 from .pipeline import (METHODS, run_case, run_cases, table1, load_users, make_evaluator, diffula_config, leak_summary,
-                              attributes_right, attribute_score, sign_test, paired_summary)
+                              attributes_right, attribute_score, sign_test, paired_summary, run_arms)
 from .defence_study import (DEFENCE_STUDIES, defence_sweep, break_points, defence_table_markdown,
                                    fig_defences)
 
@@ -108,8 +108,8 @@ def batch_size_sweep(users:Sequence[int], # SynthFaces users
     base = base or Case.demo()
     rows = []
     for B in batch_sizes:
-        arms = {m: leak_summary(run_cases([replace(base, method=m, user=u, batch_size=int(B)) for u in users], out, jobs=jobs,
-                                  progress=progress)) for m in ("diffula", "control")}
+        arms = {m: leak_summary(rs) for m, rs in run_arms(replace(base, batch_size=int(B)), users, out, jobs,
+                                                          progress).items()}
         row = dict(batch_size=int(B), attack=arms["diffula"], control=arms["control"])
         if ceiling and len(users) > 1:
             f = Path(out)/"ceiling"/(f"B{B}-u{users[0]}-{len(users)}-"
@@ -153,8 +153,7 @@ def steps_curve(users:Sequence[int], # SynthFaces users (choose on the tuning us
     base = base or Case.paper_cpu()
     rows = []
     for S in budgets:
-        runs = {m: run_cases([replace(base, method=m, user=u, config={**base.config, "steps": int(S)}) for u in users],
-                             out, jobs=jobs, progress=progress) for m in ("diffula", "control")}
+        runs = run_arms(replace(base, config={**base.config, "steps": int(S)}), users, out, jobs, progress)
         rows.append(dict(steps=int(S), attack=leak_summary(runs["diffula"]), control=leak_summary(runs["control"]),
                          paired=paired_summary(runs["diffula"], runs["control"]),
                          s_per_user=round(float(np.mean([r["timings"]["attack_s"] for r in runs["diffula"]])), 1)))

@@ -230,8 +230,9 @@ def _targets(labels, M, num_classes):
 
 def _window_cosine(sub, observed, active, w, oo):
     "The cosine distance of `gradient_distance` (Geiping et al. 2020) over the windowed tensors only, |o|² cached."
-    dot = torch.stack([torch.dot(g.float().reshape(-1), observed[k].reshape(-1)) for k, g in zip(active, sub)])
-    gg = torch.stack([torch.dot(g.float().reshape(-1), g.float().reshape(-1)) for g in sub])
+    flat = [g.float().reshape(-1) for g in sub]
+    dot = torch.stack([torch.dot(g, observed[k].reshape(-1)) for k, g in zip(active, flat)])
+    gg = torch.stack([torch.dot(g, g) for g in flat])
     return 1 - (w*dot).sum()/((w*gg).sum().sqrt()*(w*oo[active]).sum().sqrt()).clamp_min(1e-20)
 
 def _matching_gradient(x0, model, observed, targets, transform, c, weights, layers, size, oo=None):

@@ -106,12 +106,12 @@ class Case:
     @classmethod
     def paper(cls, **kw)->Case:
         "Section 3's federated setting: 64 px, B = 30, the paper's budget (4,000 steps for DiffULA)."
-        return cls(**{**dict(image_size=64, batch_size=30, preset="paper"), **kw})
+        return cls.for_preset("paper", **kw)
 
     @classmethod
     def paper_cpu(cls, **kw)->Case:
         "The paper's federated setting (64 px, B = 30) with the `paper-cpu` preset: the attack's levers, a CPU budget."
-        return cls(**{**dict(image_size=64, batch_size=30, preset="paper-cpu"), **kw})
+        return cls.for_preset("paper-cpu", **kw)
 
     @classmethod
     def for_preset(cls, preset:str="cpu", **kw)->Case:

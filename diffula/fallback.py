@@ -12,10 +12,8 @@ import numpy as np
 import torch
 import matplotlib.pyplot as plt
 from .case import Case
-from .formulation import resnet18
-from .defences import observe
 from .attack import augmented_distance, to_model_size
-from .pipeline import run_cases, load_users, make_evaluator, diffula_config, co_users
+from .pipeline import run_arms, load_users, make_evaluator, diffula_config, client_update
 
 # %% auto #0
 __all__ = ['fallback_trace', 'own_image_distances', 'fallback_study', 'fallback_summary', 'fig_fallback']
@@ -59,8 +57,7 @@ def own_image_distances(attack_dir:str|Path, # a DiffULA case's folder
     a = _load(attack_dir)
     case = Case(**a["case"])
     user, _ = load_users(case)
-    model = resnet18(num_classes=2, seed=case.model_seed, input_size=case.image_size)
-    observed = observe(model, user.images, user.labels, case.defence, case.bn_mode, co_users(case), seed=case.seed)
+    model, observed = client_update(case, user)                     # the gradient the attack saw
     cfg = diffula_config(case)
     d = lambda x: augmented_distance(x, observed, model, a["labels"], cfg, draws, seed=case.seed)
     own = [d(x[None]) for x in user.images[:n_own]]
@@ -79,11 +76,10 @@ def fallback_study(users:Sequence[int], # SynthFaces users
                   )->list[dict]:
     "One row per user: the attack's trace against its control, the case metrics, and (optionally) the distances."
     base, out = base or Case.demo(), Path(out)
-    runs = {m: run_cases([replace(base, method=m, user=u) for u in users], out, jobs=jobs, progress=progress)
-            for m in ("diffula", "control")}
+    runs = run_arms(base, users, out, jobs, progress)
     rows = []
-    for u, r, c in zip(users, runs["diffula"], runs["control"]):
-        a_dir, c_dir = (out/replace(base, method=m, user=u).key() for m in ("diffula", "control"))
+    for r, c in zip(runs["diffula"], runs["control"]):
+        a_dir, c_dir = out/r["key"], out/c["key"]                   # each result names its folder
         row = dict(fallback_trace(a_dir, c_dir), metrics=r["metrics"], inferred=r["inferred"], true=r["true"])
         if distances: row["distances"] = own_image_distances(a_dir, n_own, draws)
         rows.append(row)

@@ -31,8 +31,8 @@ from .deepface_backend import DeepFaceEvaluator
 # %% auto #0
 __all__ = ['METHODS', 'PREPARE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula', 'run_control',
            'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users', 'co_users', 'make_evaluator',
-           'CaseRun', 'run_case', 'load_result', 'run_cases', 'reference_rows', 'leak_summary', 'table1',
-           'attributes_right', 'attribute_score', 'sign_test', 'paired_summary']
+           'CaseRun', 'client_update', 'run_case', 'load_result', 'run_cases', 'run_arms', 'reference_rows',
+           'leak_summary', 'table1', 'attributes_right', 'attribute_score', 'sign_test', 'paired_summary']
 
 # %% ../nbs/04b_pipeline.ipynb #ee36c10c
 METHODS: dict[str, Callable] = {}
@@ -189,6 +189,13 @@ class CaseRun:
 
     def __getitem__(self, key:str): return self.metrics[key]
 
+def client_update(case:Case, # the threat model (image size, model seed, defence, BatchNorm mode, seed)
+                  user:User, # the attacked user (`load_users`)
+                 )->tuple[nn.Module, list]:
+    "The case's randomly initialised ResNet-18 and what the server observes of `user`'s batch under the case's defence."
+    model = resnet18(num_classes=2, seed=case.model_seed, input_size=case.image_size)
+    return model, observe(model, user.images, user.labels, case.defence, case.bn_mode, co_users(case), seed=case.seed)
+
 def run_case(case:Case, # what to run
              out:str|Path|None=None, # write metrics.json, reconstruction.png, result.pt (and history.png) here
              progress:bool=True, # progress bars
@@ -208,9 +215,7 @@ def run_case(case:Case, # what to run
         t0 = time.perf_counter()
         evaluator = make_evaluator(case.evaluator)
         user, other = load_users(case)
-        model = resnet18(num_classes=2, seed=case.model_seed, input_size=case.image_size)
-        observed = observe(model, user.images, user.labels, case.defence, case.bn_mode, co_users(case),
-                           seed=case.seed)                  # what the server observes (FedSGD unless defended)
+        model, observed = client_update(case, user)            # what the server observes (FedSGD unless defended)
         t1 = time.perf_counter()
         r = method(case, observed, model, callbacks, progress)
         t2 = time.perf_counter()
@@ -305,6 +310,17 @@ def run_cases(cases:Sequence[Case], # the cases to run
                     f.result(); bar.update()
     finally: bar.close()
     return [load_result(out/c.key(), c) for c in cases]
+
+def run_arms(base:Case, # the case every run starts from (its method is replaced)
+             users:Sequence[int], # user indices
+             out:str|Path, # results folder (finished cases are reused)
+             jobs:int=1, # parallel cases
+             progress:bool=True, # progress bars
+             methods:Sequence[str]=("diffula", "control"), # the arms: by default the attack and its prior-only control
+            )->dict[str, list[dict]]:
+    "Each method on the same users and seeds (`run_cases`): method -> the users' results, in `users` order."
+    return {m: run_cases([replace(base, method=m, user=u) for u in users], out, jobs=jobs, progress=progress)
+            for m in methods}
 
 # %% ../nbs/04b_pipeline.ipynb #2f859f2a
 def reference_rows(users:Sequence[int], base:Case, out:Path)->list[dict]:
