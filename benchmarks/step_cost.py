@@ -188,10 +188,10 @@ class LeverStep:
 
     def g_gm(self, c, k, draw_seed=0):
         "g_gm at position k, T's draws from `draw_seed`."
-        from diffula.attack import _matching_gradient, _targets, augmentation
-        targets = _targets(self.labels, c.copies or self.B, 2)
+        from diffula.attack import matching_gradient, copy_targets, augmentation
+        targets = copy_targets(self.labels, c.copies or self.B, 2)
         torch.manual_seed(draw_seed)
-        return _matching_gradient(self.x0, self.model, self.observed, targets, augmentation(c), c, self.at[k][1],
+        return matching_gradient(self.x0, self.model, self.observed, targets, augmentation(c), c, self.at[k][1],
                                   self.layers, self.size, self.oo)[0]
 
     def step(self, c):

@@ -24,8 +24,8 @@ from .attack_core import AttackResult, Budget, Run, attack_labels, step_loop, ru
 from .schedules import time_schedule, clip_schedule, layer_window
 
 # %% auto #0
-__all__ = ['AttackConfig', 'augmentation', 'augmented_batch', 'augmented_distance', 'to_model_size', 'diffula_attack',
-           'plot_progress', 'plot_history', 'plot_demo']
+__all__ = ['AttackConfig', 'augmentation', 'augmented_batch', 'augmented_distance', 'to_model_size', 'copy_targets',
+           'matching_gradient', 'posterior_draws', 'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo']
 
 # %% ../nbs/03_attack.ipynb #4ce03b23
 @dataclass
@@ -59,6 +59,9 @@ class AttackConfig:
     bn_mode: str = "eval"  # threat model's BatchNorm mode ("eval"/"train"), for client gradient and attacker candidates
     restarts: int = 1  # independent runs (seeds seed, seed+1, ...); returns the one whose final image best matches ∇w
     select_draws: int = 8  # augmentation draws averaged in that selection distance (`augmented_distance`)
+    posterior_samples: int = 1  # K images read with the batch-ensemble rule (stage 04); 1: Algorithm 1's one image
+    posterior_source: str = "denoise"  # K draws: "denoise" (x_opt re-noised to posterior_t, denoised K times) or "restarts"
+    posterior_t: int = 400  # where the "denoise" draws start (x_opt diffused to it by Eq. 9, then DDPM to 0)
     snapshot_every: int = 250  # keep x0 every this many steps (0: never)
     denoise_on_interrupt: bool = False  # after Ctrl-C, still run the final denoising
     adaptive: str|None = None  # a defence spec the attacker knows: its candidate passes through it (stage 00d)
@@ -132,6 +135,14 @@ class AttackConfig:
             bad(f"restarts must be an integer >= 1, got {self.restarts}")
         if int(self.select_draws) != self.select_draws or self.select_draws < 1:
             bad(f"select_draws must be an integer >= 1, got {self.select_draws}")
+        if int(self.posterior_samples) != self.posterior_samples or self.posterior_samples < 1:
+            bad(f"posterior_samples must be an integer >= 1, got {self.posterior_samples}")
+        if self.posterior_source not in ("denoise", "restarts"):
+            bad(f"posterior_source must be 'denoise' or 'restarts', got {self.posterior_source!r}")
+        if self.posterior_source == "restarts" and self.posterior_samples > self.restarts:
+            bad(f"posterior_source='restarts' reads the final images of the K best restarts: restarts "
+                f"({self.restarts}) must be >= posterior_samples ({self.posterior_samples})")
+        if not 0 <= self.posterior_t < T: bad(f"posterior_t must lie in [0, {T-1}], got {self.posterior_t}")
         if int(self.snapshot_every) != self.snapshot_every or self.snapshot_every < 0:
             bad(f"snapshot_every must be an integer >= 0, got {self.snapshot_every}")
         if self.copies is not None and (int(self.copies) != self.copies or self.copies < 1):
@@ -223,7 +234,7 @@ def to_model_size(x:Tensor, # (N,3,R,R) images in [0, 1]
                          antialias=size < x.shape[-1]).clamp(0, 1)
 
 # %% ../nbs/03_attack.ipynb #deef362c
-def _targets(labels, M, num_classes):
+def copy_targets(labels, M, num_classes):
     "What M augmented copies match: the B labels when M = B (Eq. 7), else each copy the label proportions (counts/B)."
     if M == len(labels): return labels
     return (torch.bincount(labels, minlength=num_classes).float()/len(labels)).expand(M, -1)  # (M, C) soft targets
@@ -235,7 +246,7 @@ def _window_cosine(sub, observed, active, w, oo):
     gg = torch.stack([torch.dot(g, g) for g in flat])
     return 1 - (w*dot).sum()/((w*gg).sum().sqrt()*(w*oo[active]).sum().sqrt()).clamp_min(1e-20)
 
-def _matching_gradient(x0, model, observed, targets, transform, c, weights, layers, size, oo=None):
+def matching_gradient(x0, model, observed, targets, transform, c, weights, layers, size, oo=None):
     ("g_gm = ∇_x0 λ d(F(A(x0)), ∇w) (Eq. 14's second term, before the clip) and d, with the levers: "
      "M = len(targets) copies, bf16 autocast, window-only candidate gradients (`oo`: per-tensor |∇w|²).")
     cast = torch.autocast(x0.device.type, dtype=torch.bfloat16) if c.precision == "bf16" else contextlib.nullcontext()
@@ -266,7 +277,7 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget
     "prior-only control (gm_weight = 0, which skips g_gm) sees exactly the attack's x0 and ε."
     device, B, size = prior.device, len(labels), getattr(model, "input_size", None) or prior.resolution
     M = c.copies or B                                               # augmented copies (None: M = B, Eq. 7)
-    targets = _targets(labels, M, getattr(model, "num_classes", None) or int(labels.max()) + 1)
+    targets = copy_targets(labels, M, getattr(model, "num_classes", None) or int(labels.max()) + 1)
     oo = torch.stack([o.pow(2).sum() for o in observed]) if c.window_only else None  # |∇w|² per tensor, once
     tau, zeta, window = replace(c, seed=seed).schedules(len(layers), prior.num_train_timesteps)  # τ's noise: this seed
     transform, full = augmentation(c), c.prior_grad == "full"
@@ -283,7 +294,7 @@ def _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget
         g_p, prior_loss = _prior_step(prior, x0, t, noise, full)        # g_p (Eq. 13/14) at x_τ = √ᾱ x0 + √(1-ᾱ) ε
         budget.prior(1, backward=full)
         if c.gm_weight > 0:                                             # g_gm = ∇ λ d(F(A(x0)), ∇w), windowed
-            g_gm, d = _matching_gradient(x0, model, observed, targets, transform, c, window[i], layers, size, oo)
+            g_gm, d = matching_gradient(x0, model, observed, targets, transform, c, window[i], layers, size, oo)
             budget.model(M)
         else: g_gm, d = torch.zeros_like(x0), float("nan")          # the prior-only control: no gradient at all
         n_p, n_gm = g_p.norm(), g_gm.norm()
@@ -322,6 +333,23 @@ def _check_prior(prior, model):
                          "for the federated model: use a pixel-space DDPM with in_channels=3 "
                          "(latent or greyscale models do not fit)")
 
+# %% ../nbs/03_attack.ipynb #17d3bb2e
+def posterior_draws(prior:DiffusionPrior, # the attack's DDPM prior
+                    x_opt:Tensor, # (1,3,R,R) the attack's optimised image in [0, 1] (`result.x_opt`)
+                    k:int, # number of draws K
+                    t:int=400, # where each draw starts: x_opt diffused to t (Eq. 9), then DDPM ancestral steps to 0
+                    seed:int=0, # seeds the diffusion noise and the chains' z
+                    progress:bool=False, # show a tqdm bar
+                   )->Tensor: # (K,3,R,R) in [0, 1]
+    ("K samples near x_opt for the batch-ensemble readout: K independent SDEdit chains (x_opt diffused to t, then "
+     "denoised), in one batch.")
+    if int(k) != k or k < 1: raise ValueError(f"k must be an integer >= 1, got {k}")
+    gen = torch.Generator(prior.device).manual_seed(seed + 15485863)
+    x = prior.to_prior(x_opt.to(prior.device)).expand(int(k), -1, -1, -1)
+    out = prior.denoise(x, t, method="ddpm", renoise=True, progress=progress, generator=gen)
+    return ((out + 1)/2).clamp(0, 1).cpu()
+
+
 # %% ../nbs/03_attack.ipynb #2fb6cf37
 def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
                    model:nn.Module, # the federated model f_w (its `input_size` sets the resize)
@@ -350,9 +378,17 @@ def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model param
         best, runs, scores = run_restarts(
             lambda seed: _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget),
             c.restarts, c.seed, score)
+        images = best.state["x_final"]
+        if c.posterior_samples > 1 and c.posterior_source == "restarts":  # the K restarts the attacker's score ranks best
+            images = torch.cat([runs[k].state["x_final"] for k in np.argsort(scores, kind="stable")[:c.posterior_samples]])
+        elif c.posterior_samples > 1:                                    # K draws around the chosen x_opt
+            count = prior.eps_model.register_forward_hook(lambda m, args, out: budget.prior(len(args[0])))
+            try: images = posterior_draws(prior, best.state["x_opt"], c.posterior_samples, c.posterior_t, best.seed,
+                                          c.progress)
+            finally: count.remove()
     budget.restarts, budget.wall_s = len(runs), time.perf_counter() - t0
     size = getattr(model, "input_size", None) or prior.resolution
-    return AttackResult("diffula" if c.gm_weight > 0 else "control", to_model_size(best.state["x_final"], size),
+    return AttackResult("diffula" if c.gm_weight > 0 else "control", to_model_size(images, size),
                         labels.cpu(), counts.cpu(), best.history, best.snapshots, budget, c, best.steps,
                         best.interrupted, best.seed, scores, extras={**best.state, "input_size": size})
 

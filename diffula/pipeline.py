@@ -24,15 +24,17 @@ from .generator import load_generator
 from .attack_core import AttackResult
 from .baselines import IGConfig, GIASConfig, inverting_gradients, gias
 from .attack import AttackConfig, diffula_attack, plot_progress, plot_history
+from .dps import DPSConfig, dps_attack
 from .evaluation import (FaceEvaluator, SynthFacesEvaluator, evaluate_user, reference_metrics,
                                 synth_feature_distance, aggregate, table1_markdown)
 from .deepface_backend import DeepFaceEvaluator
 
 # %% auto #0
 __all__ = ['METHODS', 'PREPARE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula', 'run_control',
-           'case_generator', 'run_ig', 'run_gias', 'other_user_index', 'load_users', 'co_users', 'make_evaluator',
-           'CaseRun', 'client_update', 'run_case', 'load_result', 'run_cases', 'run_arms', 'reference_rows',
-           'leak_summary', 'table1', 'attributes_right', 'attribute_score', 'sign_test', 'paired_summary']
+           'case_generator', 'run_ig', 'run_gias', 'dps_config', 'run_dps', 'run_dps_control', 'other_user_index',
+           'load_users', 'co_users', 'make_evaluator', 'CaseRun', 'client_update', 'run_case', 'load_result',
+           'run_cases', 'run_arms', 'reference_rows', 'leak_summary', 'table1', 'attributes_right', 'attribute_score',
+           'sign_test', 'paired_summary']
 
 # %% ../nbs/04b_pipeline.ipynb #ee36c10c
 METHODS: dict[str, Callable] = {}
@@ -113,6 +115,28 @@ def run_gias(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Calla
     "GIAS (Jeon et al. 2021, stage 03a) with the shipped SynthFaces generator: all B images."
     cfg = replace(_baseline_config(case, GIASConfig), progress=progress)
     return gias(observed, model, case_generator(case), cfg, batch_size=case.batch_size, callbacks=callbacks)
+
+# %% ../nbs/04b_pipeline.ipynb #acdd72f7
+def dps_config(case:Case)->DPSConfig:
+    "The DPS variant's config for a case (stage 03c): the preset, the case's seed, device and BatchNorm mode, then `case.config`."
+    base = {"cpu": DPSConfig.cpu, "paper-cpu": DPSConfig.paper_cpu, "paper": DPSConfig}[case.preset]()
+    return _method_config(case, DPSConfig, base)
+
+def _prepare_dps(case): dps_config(case); case_prior(case)
+
+@register_method("dps", prepare=_prepare_dps)
+def run_dps(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
+            progress:bool=True)->AttackResult:
+    "The DPS variant (stage 03c): one reverse chain from noise, guided by the gradient distance of x̂0(x_t)."
+    cfg = replace(dps_config(case), progress=progress, adaptive=case.defence if case.adaptive else None)
+    return dps_attack(observed, model, case_prior(case), cfg, batch_size=case.batch_size, callbacks=callbacks)
+
+@register_method("dps_control", prepare=_prepare_dps)
+def run_dps_control(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
+                    progress:bool=True)->AttackResult:
+    "The DPS variant's control: the same chain and draws with the guidance off, the prior's unconditional sample."
+    cfg = replace(dps_config(case), progress=progress, gm_weight=0.0, restarts=1, posterior_samples=1)
+    return dps_attack(observed, model, case_prior(case), cfg, batch_size=case.batch_size, callbacks=callbacks)
 
 # %% ../nbs/04b_pipeline.ipynb #0906fd8d
 def other_user_index(case:Case, n_available:int|None=None)->int:
@@ -244,7 +268,7 @@ def run_case(case:Case, # what to run
     if out is not None:
         save_figure(out/"reconstruction.png", _case_figure(user, r, m, case))
         files = ["reconstruction.png"]
-        if "x_final" in r.extras:                                  # DiffULA: its schedules and norms per step
+        if "norm_gp" in r.history:                                 # DiffULA: its schedules and norms per step
             save_figure(out/"history.png", plot_history(r)); files.append("history.png")
         tensors = {k: v for k, v in r.extras.items() if isinstance(v, torch.Tensor)}  # DiffULA's x_opt, GIAS's latents
         atomic_write(out/"result.pt", lambda p: torch.save(dict(images=r.images, labels=r.labels, case=asdict(case),

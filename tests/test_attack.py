@@ -281,13 +281,13 @@ def _one_step(size):
 
 def test_bf16_keeps_the_step_direction():
     "bf16 autocast: g_gm on the same x0 and the same draws of T points where fp32's does (cosine > 0.95)."
-    from diffula.attack import _matching_gradient, _targets
+    from diffula.attack import matching_gradient, copy_targets
     model, obs, y, layers, x0 = _one_step(64)
     gs = []
     for precision in ("fp32", "bf16"):
         c = AttackConfig(precision=precision)
         torch.manual_seed(3)                                        # the same draws of T for both
-        gs.append(_matching_gradient(x0, model, obs, _targets(y, 6, 2), augmentation(c), c, [1.0] * len(layers),
+        gs.append(matching_gradient(x0, model, obs, copy_targets(y, 6, 2), augmentation(c), c, [1.0] * len(layers),
                                      layers, 64)[0])
     assert not torch.equal(gs[0], gs[1])
     assert torch.nn.functional.cosine_similarity(gs[0].flatten(), gs[1].flatten(), dim=0) > 0.95
@@ -295,7 +295,7 @@ def test_bf16_keeps_the_step_direction():
 
 def test_window_only_distance_equals_the_full_distance():
     "On the same step, window-only gives the distance and g_gm of the full candidate gradient up to float rounding."
-    from diffula.attack import _matching_gradient, _targets
+    from diffula.attack import matching_gradient, copy_targets
     from diffula.schedules import layer_window
     model, obs, y, layers, x0 = _one_step(32)
     oo = torch.stack([o.pow(2).sum() for o in obs])
@@ -305,20 +305,20 @@ def test_window_only_distance_equals_the_full_distance():
             out = []
             for wo in (False, True):
                 c = AttackConfig(window_only=wo, distance=metric, p_noise=0, p_jitter=0, p_perspective=0, p_blur=0)
-                out.append(_matching_gradient(x0, model, obs, _targets(y, 6, 2), augmentation(c), c, w, layers, 32, oo))
+                out.append(matching_gradient(x0, model, obs, copy_targets(y, 6, 2), augmentation(c), c, w, layers, 32, oo))
             assert abs(out[0][1] - out[1][1]) <= 1e-5 * max(1, abs(out[0][1])), (metric, step)
             torch.testing.assert_close(out[0][0], out[1][0], rtol=0, atol=1e-4 * float(out[0][0].abs().max()))
 
 
 def test_copies_estimate_the_same_objective():
     "M label-weighted copies: with identity labels (one class) the targets are that class; else each copy the proportions."
-    from diffula.attack import _targets
+    from diffula.attack import copy_targets
     y = torch.tensor([1, 1, 1, 1])
-    assert torch.equal(_targets(y, 4, 2), y)                        # M = B: the labels themselves (today's objective)
-    t = _targets(torch.tensor([0, 1, 1, 1]), 3, 2)
+    assert torch.equal(copy_targets(y, 4, 2), y)                        # M = B: the labels themselves (today's objective)
+    t = copy_targets(torch.tensor([0, 1, 1, 1]), 3, 2)
     assert t.shape == (3, 2) and torch.allclose(t, torch.tensor([[0.25, 0.75]] * 3))
     logits = torch.randn(3, 2)
-    one = torch.nn.functional.cross_entropy(logits, _targets(y, 3, 2))
+    one = torch.nn.functional.cross_entropy(logits, copy_targets(y, 3, 2))
     assert torch.allclose(one, torch.nn.functional.cross_entropy(logits, torch.tensor([1, 1, 1])))
 
 

@@ -32,6 +32,7 @@ ORDER = [
     "attack",         # DiffULA (Algorithm 1)
     "baselines",      # Inverting Gradients, GIAS
     "retrieval",      # the signal ceiling
+    "dps",            # the DPS variant: diffusion posterior sampling with ∇w as the measurement
     "evaluation",     # metrics, disambiguation, face semantics
     "deepface_backend",  # DeepFace behind the evaluation's interface
     "pipeline",       # the case runner
