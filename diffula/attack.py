@@ -61,7 +61,8 @@ class AttackConfig:
     select_draws: int = 8  # augmentation draws averaged in that selection distance (`augmented_distance`)
     posterior_samples: int = 1  # K images read with the batch-ensemble rule (stage 04); 1: Algorithm 1's one image
     posterior_source: str = "denoise"  # K draws: "denoise" (x_opt re-noised to posterior_t, denoised K times) or "restarts"
-    posterior_t: int = 400  # where the "denoise" draws start (x_opt diffused to it by Eq. 9, then DDPM to 0)
+    posterior_t: int = 400  # where the "denoise" draws start (x_opt diffused to it by Eq. 9, then denoised to 0)
+    posterior_method: str = "ddim"  # the draws' chains: "ddim" (50 steps from posterior_t) or "ddpm" (posterior_t + 1 steps)
     snapshot_every: int = 250  # keep x0 every this many steps (0: never)
     denoise_on_interrupt: bool = False  # after Ctrl-C, still run the final denoising
     adaptive: str|None = None  # a defence spec the attacker knows: its candidate passes through it (stage 00d)
@@ -142,6 +143,8 @@ class AttackConfig:
         if self.posterior_source == "restarts" and self.posterior_samples > self.restarts:
             bad(f"posterior_source='restarts' reads the final images of the K best restarts: restarts "
                 f"({self.restarts}) must be >= posterior_samples ({self.posterior_samples})")
+        if self.posterior_method not in ("ddpm", "ddim"):
+            bad(f"posterior_method must be 'ddpm' or 'ddim', got {self.posterior_method!r}")
         if not 0 <= self.posterior_t < T: bad(f"posterior_t must lie in [0, {T-1}], got {self.posterior_t}")
         if int(self.snapshot_every) != self.snapshot_every or self.snapshot_every < 0:
             bad(f"snapshot_every must be an integer >= 0, got {self.snapshot_every}")
@@ -337,16 +340,17 @@ def _check_prior(prior, model):
 def posterior_draws(prior:DiffusionPrior, # the attack's DDPM prior
                     x_opt:Tensor, # (1,3,R,R) the attack's optimised image in [0, 1] (`result.x_opt`)
                     k:int, # number of draws K
-                    t:int=400, # where each draw starts: x_opt diffused to t (Eq. 9), then DDPM ancestral steps to 0
-                    seed:int=0, # seeds the diffusion noise and the chains' z
+                    t:int=400, # where each draw starts: x_opt diffused to t (Eq. 9), then denoised to 0
+                    seed:int=0, # seeds the diffusion noise (and DDPM's z)
                     progress:bool=False, # show a tqdm bar
+                    method:str="ddim", # "ddim": 50 deterministic steps (the draws differ by their noise at t); "ddpm": t + 1 ancestral steps
                    )->Tensor: # (K,3,R,R) in [0, 1]
     ("K samples near x_opt for the batch-ensemble readout: K independent SDEdit chains (x_opt diffused to t, then "
      "denoised), in one batch.")
     if int(k) != k or k < 1: raise ValueError(f"k must be an integer >= 1, got {k}")
     gen = torch.Generator(prior.device).manual_seed(seed + 15485863)
     x = prior.to_prior(x_opt.to(prior.device)).expand(int(k), -1, -1, -1)
-    out = prior.denoise(x, t, method="ddpm", renoise=True, progress=progress, generator=gen)
+    out = prior.denoise(x, t, method=method, renoise=True, progress=progress, generator=gen)
     return ((out + 1)/2).clamp(0, 1).cpu()
 
 
@@ -384,13 +388,14 @@ def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model param
         elif c.posterior_samples > 1:                                    # K draws around the chosen x_opt
             count = prior.eps_model.register_forward_hook(lambda m, args, out: budget.prior(len(args[0])))
             try: images = posterior_draws(prior, best.state["x_opt"], c.posterior_samples, c.posterior_t, best.seed,
-                                          c.progress)
+                                          c.progress, c.posterior_method)
             finally: count.remove()
     budget.restarts, budget.wall_s = len(runs), time.perf_counter() - t0
     size = getattr(model, "input_size", None) or prior.resolution
     return AttackResult("diffula" if c.gm_weight > 0 else "control", to_model_size(images, size),
                         labels.cpu(), counts.cpu(), best.history, best.snapshots, budget, c, best.steps,
-                        best.interrupted, best.seed, scores, extras={**best.state, "input_size": size})
+                        best.interrupted, best.seed, scores, extras={**best.state, "input_size": size},
+                        user_level=True)
 
 # %% ../nbs/03_attack.ipynb #711d46c6
 def _img(ax, x, title=None):

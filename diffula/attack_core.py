@@ -82,7 +82,7 @@ HISTORY_KEYS = ("step", "grad_distance", "prior")  # history columns every metho
 class AttackResult:
     "What every attack returns: reconstruction(s), labels, per-step history, snapshots, budget; `extras` by attribute."
     method: str  # the method that made it: "diffula", "control", "ig", "gias", ...
-    images: Tensor  # (R,3,H,W) in [0,1] at the federated model's input size: R = 1 (user-level) or B (sample-level)
+    images: Tensor  # (R,3,H,W) in [0,1] at the model's input size: user-level R = 1 (or K draws), sample-level R = B
     labels: Tensor  # (B,) labels the attack matched with
     label_counts: Tensor  # (C,) per-class counts of `labels`
     history: dict  # per step of the returned run: HISTORY_KEYS and the method's own keys
@@ -94,6 +94,7 @@ class AttackResult:
     seed: int|None = None  # seed of the returned run
     restart_distances: list = field(default_factory=list)  # the selection criterion per finished run (restarts > 1)
     extras: dict = field(default_factory=dict)  # method-specific tensors and flags, e.g. x_opt, x_final, latents
+    user_level: bool = False  # images are draws of one representative image (DiffULA, DPS), not one per example
 
     def __getattr__(self, name):
         extras = self.__dict__.get("extras") or {}

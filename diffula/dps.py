@@ -133,4 +133,4 @@ def dps_attack(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
     guided = c.gm_weight > 0 and c.guidance > 0
     return AttackResult("dps" if guided else "dps_control", to_model_size(images, size), labels.cpu(), counts.cpu(),
                         best.history, best.snapshots, budget, c, best.steps, best.interrupted, best.seed, scores,
-                        extras={**best.state, "input_size": size})
+                        extras={**best.state, "input_size": size}, user_level=True)

@@ -65,18 +65,20 @@ def _metric_name(distance:Callable)->str:
 def image_quality(recon:Tensor, # (1,3,h,w) user-level or (B,3,h,w) sample-level reconstructions in [0,1]
                   batch:Tensor, # (B,3,H,W) the user's private batch in [0,1]
                   distance:Callable|None=None, # perceptual distance (a, b) -> (Na, Nb); None: not computed
+                  user_level:bool|None=None, # the R images are draws of one user-level image; None: R == 1
                  )->dict:
     "MSE, PSNR and perceptual distance of one user's reconstruction(s), raw and (sample-level) disambiguated."
     R, B = len(recon), len(batch)
-    if R != 1 and R != B:
-        raise ValueError(f"got {R} reconstructions for a batch of {B}: a user-level attack returns 1 image, "
-                         "a sample-level one B")
+    user_level = R == 1 if user_level is None else user_level
+    if not user_level and R != B:
+        raise ValueError(f"got {R} reconstructions for a batch of {B}: a user-level attack returns 1 image (or K draws, "
+                         "user_level=True), a sample-level one B")
     recon = match_size(recon, batch)
     M = mse_matrix(recon, batch); P = psnr_from_mse(M)  # (R, B)
     D = distance(recon, batch).float() if distance is not None else None
-    out = dict(n_images=B, n_recon=R, kind="user-level" if R == 1 else "sample-level",
+    out = dict(n_images=B, n_recon=R, kind="user-level" if user_level else "sample-level",
                feature_metric=_metric_name(distance) if distance is not None else None)
-    if R == 1:  # one image for the whole batch: mean over the batch
+    if user_level:  # one image (or K draws of it) for the whole batch: mean over the draws and the batch
         out.update(mse=M.mean().item(), psnr=P.mean().item(),
                    feature_distance=D.mean().item() if D is not None else None,
                    mse_disamb=None, psnr_disamb=None, feature_distance_disamb=None)
@@ -306,11 +308,12 @@ def evaluate_user(recon:Tensor, # (1,3,h,w) user-level or (B,3,h,w) sample-level
                   attributes:dict|None=None, # known, e.g. `user.attributes`; None: the batch's reading is the truth
                   seed:int=0, # seeds the ensemble rule's random guess
                   predict_attributes:bool=True, # False: face detection and similarity only
+                  user_level:bool|None=None, # recon holds K draws of one user-level image (`AttackResult.user_level`)
                  )->dict:
     "Every Table 1 metric of one user's reconstruction(s), as one flat dict with the keys of `METRIC_KEYS`."
     evaluator = evaluator if evaluator is not None else SynthFacesEvaluator()
     out = empty_metrics()
-    out.update(image_quality(recon, batch, distance))
+    out.update(image_quality(recon, batch, distance, user_level))
     out.update(semantic_metrics(recon, batch, evaluator, attributes, seed, predict_attributes))
     if set(out) != set(METRIC_KEYS):
         raise RuntimeError(f"metric keys drifted from METRIC_KEYS: {sorted(set(out) ^ set(METRIC_KEYS))}")

@@ -12,11 +12,15 @@ import numpy as np
 import torch
 import matplotlib.pyplot as plt
 from .case import Case
-from .attack import augmented_distance, to_model_size
-from .pipeline import run_arms, load_users, make_evaluator, diffula_config, client_update
+from .attack import augmented_distance, to_model_size, posterior_draws
+from tqdm.auto import tqdm
+from .evaluation import evaluate_user, mean_se
+from .files import write_json
+from .pipeline import run_arms, load_users, make_evaluator, diffula_config, client_update, case_prior
 
 # %% auto #0
-__all__ = ['fallback_trace', 'own_image_distances', 'fallback_study', 'fallback_summary', 'fig_fallback']
+__all__ = ['fallback_trace', 'own_image_distances', 'fallback_study', 'fallback_summary', 'fig_fallback', 'ensemble_readout',
+           'readout_study', 'readout_summary']
 
 # %% ../nbs/05_fallback.ipynb #d58c28a4
 def _load(folder:Path)->dict:
@@ -126,3 +130,52 @@ def fig_fallback(rows:Sequence[dict], # `fallback_study` rows
         b.set_title("above the diagonal: an own image explains ∇w better", fontsize=9)
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout(); return fig
+
+# %% ../nbs/05_fallback.ipynb #515568a1
+def ensemble_readout(attack_dir:str|Path, # a DiffULA case's folder (its result.pt holds x_opt)
+                     k:int=8, # draws K
+                     ts:Sequence[int]=(200, 400), # where the draws start (`posterior_t`), one readout each
+                     method:str="ddim", # the chains (`AttackConfig.posterior_method`)
+                     evaluator=None, # default: the case's evaluator
+                    )->dict:
+    ("The case's metrics had it run with posterior_samples = k and posterior_t = t, for each t, from its stored x_opt: "
+     "gender, race, age error, similarity to the own batch and to another user's.")
+    a = _load(attack_dir)
+    case = Case(**a["case"])
+    if case.method != "diffula" or diffula_config(case).restarts != 1:
+        raise ValueError(f"{attack_dir}: ensemble_readout recomputes the draws of a one-run DiffULA case")
+    user, other = load_users(case)
+    ev, prior, size = evaluator or make_evaluator(case.evaluator), case_prior(case), case.image_size
+    out = dict(user=user.user_id, k=k, method=method)
+    for t in ts:
+        x = to_model_size(posterior_draws(prior, a["x_opt"], k, t, case.seed, method=method), size)
+        m = evaluate_user(x, user.images, ev, None, user.attributes, seed=case.seed, user_level=True)
+        out[str(int(t))] = dict(gender_correct=m["gender_correct"], race_correct=m["race_correct"],
+                                age_error=m["age_error"], age_pred=m["age_pred"], similarity=m["similarity"],
+                                similarity_other=float(ev.similarity(x, other.images).mean()))
+    return out
+
+def readout_study(folders:Sequence[str|Path], # DiffULA case folders (e.g. out/"diffula"/key)
+                  k:int=8, # draws K
+                  ts:Sequence[int]=(200, 400), # posterior_t values
+                  method:str="ddim", # the chains
+                  cache:str|Path|None=None, # a JSON file of finished rows (resumable: rows already in it are kept)
+                  progress:bool=True, # progress bar
+                 )->list[dict]:
+    "`ensemble_readout` over many stored runs, one row per folder, kept in `cache` as each finishes."
+    done = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
+    key = lambda f: f"{Path(f).name}|{k}|{method}|{','.join(map(str, ts))}"
+    for f in tqdm(folders, disable=not progress, desc=f"readout K={k}"):
+        if key(f) not in done:
+            done[key(f)] = ensemble_readout(f, k, ts, method)
+            if cache: write_json(cache, done)
+    return [done[key(f)] for f in folders]
+
+def readout_summary(rows:Sequence[dict], # `readout_study` rows
+                    t:int, # which posterior_t
+                   )->dict:
+    "Gender and race accuracy, age error (mean, se) and own > other over users, for one posterior_t."
+    r = [row[str(t)] for row in rows]
+    f = lambda key: tuple(round(v, 3) for v in mean_se([x[key] for x in r])[:2])
+    return dict(t=t, users=len(r), gender=f("gender_correct"), race=f("race_correct"), age_error=f("age_error"),
+                own_gt_other=sum(x["similarity"] > x["similarity_other"] for x in r))

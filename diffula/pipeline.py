@@ -244,7 +244,7 @@ def run_case(case:Case, # what to run
         r = method(case, observed, model, callbacks, progress)
         t2 = time.perf_counter()
         metrics = evaluate_user(r.images, user.images, evaluator, synth_feature_distance, user.attributes,
-                                seed=case.seed, predict_attributes=_predicts_attributes(evaluator))
+                                seed=case.seed, predict_attributes=_predicts_attributes(evaluator), user_level=r.user_level)
         sim_other = float(evaluator.similarity(r.images, other.images).mean())
         t3 = time.perf_counter()
     finally: torch.set_num_threads(old)
