@@ -201,3 +201,17 @@ def test_defence_flag_builds_the_case_and_a_bad_spec_fails_before_torch():
             "assert 'torch' not in sys.modules; raise SystemExit(rc)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 2 and "sigma must be >= 0" in p.stderr.strip().splitlines()[-1]
+
+
+def test_table1_compares_any_methods_on_chosen_users(tmp_path, capsys):
+    "Issue 21: --first-user and any registered methods (the DPS variant and its control here) land in table1.json."
+    assert main(["table1", "--users", "2", "--first-user", "3", "--methods", "dps,dps_control", "--steps", "3",
+                 "--out", str(tmp_path / "t")]) == 0
+    s = json.loads((tmp_path / "t" / "table1.json").read_text())
+    assert s["users"] == [3, 4] and s["methods"] == ["dps", "dps_control"]
+    for m in ("dps", "dps_control"):
+        agg = s["aggregate"][m]
+        for k in ("gender_correct", "race_correct", "age_error"): assert agg[k][2] == 2, (m, k, agg[k])   # n users
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "t").rglob("metrics.json")]
+    assert sorted(r["settings"]["method"] for r in runs) == ["dps", "dps", "dps_control", "dps_control"]
+    assert all(r["method_config"]["steps"] == 3 for r in runs)
