@@ -20,7 +20,7 @@ PRESET_SETTINGS = {"cpu": dict(image_size=32, batch_size=8),  # each preset's fe
 EVALUATORS = ("synthfaces", "deepface")  # who reads faces: the offline SynthFaces stand-ins, or DeepFace on real photos
 EXECUTORS = ("local", "ray")  # where many cases run: local processes, or Ray tasks
 # the attack methods of the case runner (stage 04b); `register_method` appends new ones
-METHOD_NAMES: list[str] = ["diffula", "control", "ig", "gias", "dps", "dps_control"]
+METHOD_NAMES: list[str] = ["diffula", "diffula_ensemble", "control", "ig", "gias", "dps", "dps_control"]
 
 # %% ../nbs/00_case.ipynb #568cc082
 DEFENCES = {  # kind -> its parameters and their defaults (ints stay ints)

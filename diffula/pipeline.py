@@ -30,11 +30,11 @@ from .evaluation import (FaceEvaluator, SynthFacesEvaluator, evaluate_user, refe
 from .deepface_backend import DeepFaceEvaluator
 
 # %% auto #0
-__all__ = ['METHODS', 'PREPARE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula', 'run_control',
-           'case_generator', 'run_ig', 'run_gias', 'dps_config', 'run_dps', 'run_dps_control', 'other_user_index',
-           'load_users', 'co_users', 'make_evaluator', 'CaseRun', 'client_update', 'run_case', 'load_result',
-           'run_cases', 'run_arms', 'reference_rows', 'leak_summary', 'table1', 'attributes_right', 'attribute_score',
-           'sign_test', 'paired_summary']
+__all__ = ['METHODS', 'PREPARE', 'ENSEMBLE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula',
+           'run_diffula_ensemble', 'run_control', 'case_generator', 'run_ig', 'run_gias', 'dps_config', 'run_dps',
+           'run_dps_control', 'other_user_index', 'load_users', 'co_users', 'make_evaluator', 'CaseRun',
+           'client_update', 'run_case', 'load_result', 'run_cases', 'run_arms', 'reference_rows', 'leak_summary',
+           'table1', 'attributes_right', 'attribute_score', 'sign_test', 'paired_summary']
 
 # %% ../nbs/04b_pipeline.ipynb #ee36c10c
 METHODS: dict[str, Callable] = {}
@@ -82,6 +82,17 @@ def run_diffula(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Ca
     "DiffULA (Algorithm 1) with the case's config."
     cfg = replace(diffula_config(case), progress=progress, adaptive=case.defence if case.adaptive else None)
     return diffula_attack(observed, model, case_prior(case), cfg, batch_size=case.batch_size, callbacks=callbacks)
+
+# DiffULA read with the batch-ensemble rule over K draws around x_opt (stage 03; K and posterior_t chosen on the
+# tuning users 40-59, stage 05 fallback "Reading K draws instead of one"); `case.config` overrides them
+ENSEMBLE = dict(posterior_samples=8, posterior_t=400)
+
+@register_method("diffula_ensemble", prepare=_prepare_diffula)
+def run_diffula_ensemble(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
+                         progress:bool=True)->AttackResult:
+    "DiffULA with the ensemble readout: the same attack, K draws around its x_opt read by the batch-ensemble rule."
+    case = replace(case, config={**ENSEMBLE, **case.config})
+    return run_diffula(case, observed, model, callbacks, progress)
 
 @register_method("control", prepare=_prepare_diffula)
 def run_control(case:Case, observed:list, model:nn.Module, callbacks:Sequence[Callable]=(),
