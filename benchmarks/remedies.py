@@ -36,6 +36,7 @@ VARIANTS = {
     "restarts3": ("diffula", {"restarts": 3}, "three restarts, the one whose image best explains ∇w kept (3× the cost)"),
     "dps_0.03": ("dps", {"guidance": 0.03}, "the DPS variant, ζ_g = 0.03"),
     "dps_0.1": ("dps", {"guidance": 0.1}, "the DPS variant, ζ_g = 0.1"),
+    "dps_0.3": ("dps", {"guidance": 0.3}, "the DPS variant, ζ_g = 0.3"),
     "dps_control": ("dps_control", {}, "the DPS chain with the guidance off (the prior's unconditional sample)"),
     "gias": ("gias", {}, "GIAS (stage 03a), B images read with the batch-ensemble rule"),
     "ig": ("ig", {}, "Inverting Gradients (stage 03a), B images read with the batch-ensemble rule"),

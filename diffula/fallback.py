@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
+from torch import Tensor
 from .case import Case
+from .synthfaces import user_params, render_faces, SKIN_TONES
+from .attack_core import attack_labels
 from .attack import augmented_distance, to_model_size, posterior_draws
 from tqdm.auto import tqdm
 from .evaluation import evaluate_user, mean_se
@@ -20,7 +23,8 @@ from .pipeline import run_arms, load_users, make_evaluator, diffula_config, clie
 
 # %% auto #0
 __all__ = ['fallback_trace', 'own_image_distances', 'fallback_study', 'fallback_summary', 'fig_fallback', 'ensemble_readout',
-           'readout_study', 'readout_summary']
+           'cached_rows', 'readout_study', 'readout_summary', 'counterfactual_faces', 'attribute_ceiling',
+           'attribute_ceiling_study']
 
 # %% ../nbs/05_fallback.ipynb #d58c28a4
 def _load(folder:Path)->dict:
@@ -155,6 +159,20 @@ def ensemble_readout(attack_dir:str|Path, # a DiffULA case's folder (its result.
                                 similarity_other=float(ev.similarity(x, other.images).mean()))
     return out
 
+def cached_rows(keys:Sequence[str], # one key per row
+                make:Callable[[int], dict], # make(i) -> the i-th row
+                cache:str|Path|None=None, # a JSON file of finished rows by key (rows already in it are kept)
+                desc:str="rows", # the progress bar's label
+                progress:bool=True, # progress bar
+               )->list[dict]:
+    "Rows computed one by one and kept in `cache` as each finishes: a study that resumes where it stopped."
+    done = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
+    for i, k in enumerate(tqdm(keys, disable=not progress, desc=desc)):
+        if k not in done:
+            done[k] = make(i)
+            if cache: write_json(cache, done)
+    return [done[k] for k in keys]
+
 def readout_study(folders:Sequence[str|Path], # DiffULA case folders (e.g. out/"diffula"/key)
                   k:int=8, # draws K
                   ts:Sequence[int]=(200, 400), # posterior_t values
@@ -163,13 +181,8 @@ def readout_study(folders:Sequence[str|Path], # DiffULA case folders (e.g. out/"
                   progress:bool=True, # progress bar
                  )->list[dict]:
     "`ensemble_readout` over many stored runs, one row per folder, kept in `cache` as each finishes."
-    done = json.loads(Path(cache).read_text()) if cache and Path(cache).exists() else {}
-    key = lambda f: f"{Path(f).name}|{k}|{method}|{','.join(map(str, ts))}"
-    for f in tqdm(folders, disable=not progress, desc=f"readout K={k}"):
-        if key(f) not in done:
-            done[key(f)] = ensemble_readout(f, k, ts, method)
-            if cache: write_json(cache, done)
-    return [done[key(f)] for f in folders]
+    keys = [f"{Path(f).name}|{k}|{method}|{','.join(map(str, ts))}" for f in folders]
+    return cached_rows(keys, lambda i: ensemble_readout(folders[i], k, ts, method), cache, f"readout K={k}", progress)
 
 def readout_summary(rows:Sequence[dict], # `readout_study` rows
                     t:int, # which posterior_t
@@ -179,3 +192,62 @@ def readout_summary(rows:Sequence[dict], # `readout_study` rows
     f = lambda key: tuple(round(v, 3) for v in mean_se([x[key] for x in r])[:2])
     return dict(t=t, users=len(r), gender=f("gender_correct"), race=f("race_correct"), age_error=f("age_error"),
                 own_gt_other=sum(x["similarity"] > x["similarity_other"] for x in r))
+
+# %% ../nbs/05_fallback.ipynb #3c83c4f1
+def counterfactual_faces(case:Case, # a SynthFaces case: its user, image size, stream
+                         gender:int|None=None, # render as this gender (None: the user's)
+                         race:int|None=None, # as this race class (None: the user's)
+                         age:float|None=None, # at this age (None: the user's)
+                         held:Sequence[int]=(0, 1), # which held-out images (after the batch's B), by index
+                        )->Tensor:
+    "The user's held-out images with one private attribute changed and every other parameter kept, (n,3,s,s) in [0,1]."
+    if not case.data.startswith("synthfaces"): raise ValueError("counterfactual faces need SynthFaces users")
+    B, n = case.batch_size, max(held) + 1
+    ident, nuis = user_params(case.stream_seed, case.user, B + n)
+    ident, g = {k: np.array(v, copy=True) for k, v in ident.items()}, int(ident["gender"][0])
+    if gender is not None and gender != g:                      # the gender-dependent parameters, at the same quantile
+        s = 1 if gender == 1 else -1
+        lo, hi, lo2, hi2 = (0.22, 0.34, 0.0, 0.10) if gender == 1 else (0.0, 0.10, 0.22, 0.34)
+        ident["jaw"] = lo2 + (ident["jaw"] - lo)/(hi - lo)*(hi2 - lo2)
+        ident["face_w"] = ident["face_w"] + 0.03*s; ident["brow"] = ident["brow"] + 0.007*s
+        ident["hair_len"] = np.full_like(ident["hair_len"], 0.0 if gender == 1 else 0.65)
+        ident["beard"] = np.zeros_like(ident["beard"]); ident["gender"] = np.full_like(ident["gender"], gender)
+    if race is not None:                                        # the class's skin tone, the user's own deviation kept
+        r = int(ident["race"][0])
+        ident["skin_rgb"] = np.clip(ident["skin_rgb"] - SKIN_TONES[r] + SKIN_TONES[race], 0, 1)
+        ident["race"] = np.full_like(ident["race"], race)
+    if age is not None: ident["age"] = np.full_like(ident["age"], float(age))
+    pick = [B + j for j in held]
+    return render_faces({k: v[pick] for k, v in ident.items()}, {k: v[pick] for k, v in nuis.items()}, case.image_size)
+
+def attribute_ceiling(case:Case, # a SynthFaces DiffULA case (its model, observed gradient and config)
+                      held:Sequence[int]=(0, 1), # held-out images scored per candidate
+                      draws:int=4, # draws of T per image
+                      ages:Sequence[float]=tuple(range(20, 71, 5)), # the age grid
+                     )->dict:
+    "Which gender, race class and age the observed gradient prefers, other attributes at the truth (lower d is preferred)."
+    user, _ = load_users(case)
+    model, observed = client_update(case, user)
+    cfg = diffula_config(case)
+    labels = attack_labels(observed, model, None, case.batch_size, cfg.bn_mode)[0]
+    d = lambda x: float(np.mean([augmented_distance(xi[None], observed, model, labels, cfg, draws, seed=case.seed)
+                                 for xi in x]))
+    t = {k: user.attributes[k] for k in ("gender", "race", "age")}
+    dg = [d(counterfactual_faces(case, gender=v, held=held)) for v in (0, 1)]
+    dr = [d(counterfactual_faces(case, race=v, held=held)) for v in range(len(SKIN_TONES))]
+    da = [d(counterfactual_faces(case, age=v, held=held)) for v in ages]
+    return dict(user=user.user_id, true=t, d_gender=dg, d_race=dr, d_age=da, ages=list(ages),
+                gender=int(np.argmin(dg)), race=int(np.argmin(dr)), age=float(ages[int(np.argmin(da))]),
+                gender_right=int(np.argmin(dg)) == t["gender"], race_right=int(np.argmin(dr)) == t["race"],
+                age_error=abs(float(ages[int(np.argmin(da))]) - t["age"]))
+
+def attribute_ceiling_study(users:Sequence[int], # SynthFaces users
+                            base:Case|None=None, # the case every user starts from (default: the demo's)
+                            cache:str|Path|None=None, # a JSON file of finished rows (resumable)
+                            progress:bool=True, # progress bar
+                            **kw, # to `attribute_ceiling`
+                           )->list[dict]:
+    "`attribute_ceiling` over users, one row each, kept in `cache` as each finishes."
+    base = base or Case.demo()
+    keys = [replace(base, user=u).key().split("/")[-1] for u in users]
+    return cached_rows(keys, lambda i: attribute_ceiling(replace(base, user=users[i]), **kw), cache, "ceiling", progress)
