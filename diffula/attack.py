@@ -25,7 +25,8 @@ from .schedules import time_schedule, clip_schedule, layer_window
 
 # %% auto #0
 __all__ = ['AttackConfig', 'augmentation', 'augmented_batch', 'augmented_distance', 'to_model_size', 'copy_targets',
-           'matching_gradient', 'posterior_draws', 'diffula_attack', 'plot_progress', 'plot_history', 'plot_demo']
+           'matching_gradient', 'posterior_draws', 'user_level_attack', 'diffula_attack', 'plot_progress',
+           'plot_history', 'plot_demo']
 
 # %% ../nbs/03_attack.ipynb #4ce03b23
 @dataclass
@@ -355,17 +356,17 @@ def posterior_draws(prior:DiffusionPrior, # the attack's DDPM prior
 
 
 # %% ../nbs/03_attack.ipynb #2fb6cf37
-def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
-                   model:nn.Module, # the federated model f_w (its `input_size` sets the resize)
-                   prior:DiffusionPrior, # pretrained DDPM ε_θ (from `load_prior`)
-                   config:AttackConfig|None=None, # knobs of Algorithm 1 (default: the paper's)
-                   labels:Tensor|None=None, # (B,) labels of A(x̂); default: recovered from ∇w (needs batch_size)
-                   batch_size:int|None=None, # B, the client's batch size (known to the server in FedSGD)
-                   callbacks:Sequence[Callable]=(), # called each step as cb(step, x0, record); x0 in prior space
-                  )->AttackResult:
-    ("Algorithm 1: user-level gradient inversion with a diffusion prior; "
-     "one representative image x̂ for the whole batch.")
-    c = (config or AttackConfig()).validate(prior.num_train_timesteps if isinstance(prior, DiffusionPrior) else 1000)
+def user_level_attack(name:str, # the result's method name ("diffula", "control", "dps", ...)
+                      run_once:Callable, # run_once(observed, model, prior, config, labels, layers, seed, budget) -> Run
+                      observed:Sequence[Tensor], # ∇w
+                      model:nn.Module, # the federated model
+                      prior:DiffusionPrior, # the DDPM prior
+                      c:AttackConfig, # a validated config (AttackConfig or a subclass)
+                      labels:Tensor|None=None, # (B,) labels, or None to recover them from ∇w
+                      batch_size:int|None=None, # B
+                     )->AttackResult:
+    ("What DiffULA and its DPS variant (stage 03c) share around their runs: the checks, the devices (the caller's "
+     "objects untouched), the labels, restarts chosen by the attacker's own score, and the K-image readout.")
     _check_prior(prior, model)
     check_gradients(observed, model)
     device = resolve_device(c.device)
@@ -379,9 +380,8 @@ def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model param
         return augmented_distance(run.state["x_final"], observed, model, labels, c, c.select_draws, seed=c.seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is untouched
         layers = model_layers(model)
-        best, runs, scores = run_restarts(
-            lambda seed: _run_once(observed, model, prior, c, labels, layers, seed, callbacks, budget),
-            c.restarts, c.seed, score)
+        best, runs, scores = run_restarts(lambda seed: run_once(observed, model, prior, c, labels, layers, seed, budget),
+                                          c.restarts, c.seed, score)
         images = best.state["x_final"]
         if c.posterior_samples > 1 and c.posterior_source == "restarts":  # the K restarts the attacker's score ranks best
             images = torch.cat([runs[k].state["x_final"] for k in np.argsort(scores, kind="stable")[:c.posterior_samples]])
@@ -392,10 +392,24 @@ def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model param
             finally: count.remove()
     budget.restarts, budget.wall_s = len(runs), time.perf_counter() - t0
     size = getattr(model, "input_size", None) or prior.resolution
-    return AttackResult("diffula" if c.gm_weight > 0 else "control", to_model_size(images, size),
-                        labels.cpu(), counts.cpu(), best.history, best.snapshots, budget, c, best.steps,
-                        best.interrupted, best.seed, scores, extras={**best.state, "input_size": size},
-                        user_level=True)
+    return AttackResult(name, to_model_size(images, size), labels.cpu(), counts.cpu(), best.history, best.snapshots,
+                        budget, c, best.steps, best.interrupted, best.seed, scores,
+                        extras={**best.state, "input_size": size}, user_level=True)
+
+def diffula_attack(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
+                   model:nn.Module, # the federated model f_w (its `input_size` sets the resize)
+                   prior:DiffusionPrior, # pretrained DDPM ε_θ (from `load_prior`)
+                   config:AttackConfig|None=None, # knobs of Algorithm 1 (default: the paper's)
+                   labels:Tensor|None=None, # (B,) labels of A(x̂); default: recovered from ∇w (needs batch_size)
+                   batch_size:int|None=None, # B, the client's batch size (known to the server in FedSGD)
+                   callbacks:Sequence[Callable]=(), # called each step as cb(step, x0, record); x0 in prior space
+                  )->AttackResult:
+    ("Algorithm 1: user-level gradient inversion with a diffusion prior; "
+     "one representative image x̂ for the whole batch.")
+    c = (config or AttackConfig()).validate(prior.num_train_timesteps if isinstance(prior, DiffusionPrior) else 1000)
+    once = lambda obs, m, p, c, lab, layers, seed, budget: _run_once(obs, m, p, c, lab, layers, seed, callbacks, budget)
+    return user_level_attack("diffula" if c.gm_weight > 0 else "control", once, observed, model, prior, c, labels,
+                             batch_size)
 
 # %% ../nbs/03_attack.ipynb #711d46c6
 def _img(ax, x, title=None):

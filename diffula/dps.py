@@ -4,20 +4,16 @@
 
 # %% ../nbs/03c_dps.ipynb #bc47d3bb
 from __future__ import annotations
-import math, time
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
-import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 from diffusers import DDPMScheduler
-from .formulation import check_gradients, model_layers
 from .prior import DiffusionPrior
-from .data import resolve_device
-from .attack_core import AttackResult, Budget, Run, attack_labels, step_loop, run_restarts
-from .attack import (AttackConfig, augmentation, augmented_distance, copy_targets, matching_gradient,
-                            posterior_draws, to_model_size)
+from .attack_core import AttackResult, Run, step_loop
+from .attack import AttackConfig, augmentation, copy_targets, matching_gradient, user_level_attack
 
 # %% auto #0
 __all__ = ['DPSConfig', 'dps_attack']
@@ -107,30 +103,7 @@ def dps_attack(observed:Sequence[Tensor], # ∇w, one tensor per model parameter
                callbacks:Sequence[Callable]=(), # cb(step, x_t, record) after each step
               )->AttackResult:
     "Diffusion posterior sampling with the leaked gradient as the measurement: one image for the whole batch."
-    c = (config or DPSConfig.cpu()).validate(prior.num_train_timesteps)
-    if not isinstance(prior, DiffusionPrior) or prior.in_channels != 3:
-        raise ValueError("prior must be an RGB pixel-space diffula.prior.DiffusionPrior (use load_prior)")
-    check_gradients(observed, model)
-    device = resolve_device(c.device)
-    if next(model.parameters()).device != device: model = model.to(device)
-    if prior.device != device: prior = prior.to(device)
-    observed = [g.detach().to(device) for g in observed]
-    labels, counts = attack_labels(observed, model, labels, batch_size, c.bn_mode)
-    labels, budget, t0 = labels.to(device), Budget(), time.perf_counter()
-    def score(run):
-        for _ in range(c.select_draws): budget.model(len(labels), backward=1)
-        return augmented_distance(run.state["x_final"], observed, model, labels, c, c.select_draws, seed=c.seed)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        layers = model_layers(model)
-        best, runs, scores = run_restarts(
-            lambda seed: _dps_once(observed, model, prior, c, labels, layers, seed, callbacks, budget),
-            c.restarts, c.seed, score)
-    images = best.state["x_final"]
-    if c.posterior_samples > 1:                                       # the K restarts the attacker's score ranks best
-        images = torch.cat([runs[k].state["x_final"] for k in np.argsort(scores, kind="stable")[:c.posterior_samples]])
-    budget.restarts, budget.wall_s = len(runs), time.perf_counter() - t0
-    size = getattr(model, "input_size", None) or prior.resolution
-    guided = c.gm_weight > 0 and c.guidance > 0
-    return AttackResult("dps" if guided else "dps_control", to_model_size(images, size), labels.cpu(), counts.cpu(),
-                        best.history, best.snapshots, budget, c, best.steps, best.interrupted, best.seed, scores,
-                        extras={**best.state, "input_size": size}, user_level=True)
+    c = (config or DPSConfig.cpu()).validate(prior.num_train_timesteps if isinstance(prior, DiffusionPrior) else 1000)
+    once = lambda obs, m, p, c, lab, layers, seed, budget: _dps_once(obs, m, p, c, lab, layers, seed, callbacks, budget)
+    return user_level_attack("dps" if c.gm_weight > 0 and c.guidance > 0 else "dps_control", once, observed, model,
+                             prior, c, labels, batch_size)
