@@ -13,7 +13,8 @@ import torch
 import matplotlib.pyplot as plt
 from torch import Tensor
 from .case import Case
-from .synthfaces import user_params, render_faces, SKIN_TONES
+from .synthfaces import user_params, render_faces, task_labels, SKIN_TONES
+from .formulation import client_gradient, gradient_distance
 from .attack_core import attack_labels
 from .attack import augmented_distance, to_model_size, posterior_draws
 from tqdm.auto import tqdm
@@ -221,22 +222,32 @@ def counterfactual_faces(case:Case, # a SynthFaces case: its user, image size, s
     return render_faces({k: v[pick] for k, v in ident.items()}, {k: v[pick] for k, v in nuis.items()}, case.image_size)
 
 def attribute_ceiling(case:Case, # a SynthFaces DiffULA case (its model, observed gradient and config)
-                      held:Sequence[int]=(0, 1), # held-out images scored per candidate
-                      draws:int=4, # draws of T per image
+                      held:Sequence[int]=(0, 1), # held-out images scored per candidate (user level)
+                      draws:int=4, # draws of T per image (user level)
                       ages:Sequence[float]=tuple(range(20, 71, 5)), # the age grid
+                      level:str="user", # "user": one image replicated and augmented (Eq. 7, DiffULA's objective);
+                                        # "sample": B held-out images as one batch with their labels (IG's and GIAS's)
                      )->dict:
     "Which gender, race class and age the observed gradient prefers, other attributes at the truth (lower d is preferred)."
+    if level not in ("user", "sample"): raise ValueError(f"level must be 'user' or 'sample', got {level!r}")
     user, _ = load_users(case)
     model, observed = client_update(case, user)
     cfg = diffula_config(case)
-    labels = attack_labels(observed, model, None, case.batch_size, cfg.bn_mode)[0]
-    d = lambda x: float(np.mean([augmented_distance(xi[None], observed, model, labels, cfg, draws, seed=case.seed)
-                                 for xi in x]))
+    if level == "user":
+        labels = attack_labels(observed, model, None, case.batch_size, cfg.bn_mode)[0]
+        d = lambda x: float(np.mean([augmented_distance(xi[None], observed, model, labels, cfg, draws, seed=case.seed)
+                                     for xi in x]))
+    else:
+        held = tuple(range(case.batch_size))                    # a second batch of the user's, as the client would send
+        B = case.batch_size
+        ident, nuis = user_params(case.stream_seed, case.user, 2*B)
+        y = torch.as_tensor(task_labels(ident, nuis, case.task_label)[B:])
+        d = lambda x: float(gradient_distance(client_gradient(model, x, y, cfg.bn_mode), observed, cfg.distance))
     t = {k: user.attributes[k] for k in ("gender", "race", "age")}
     dg = [d(counterfactual_faces(case, gender=v, held=held)) for v in (0, 1)]
     dr = [d(counterfactual_faces(case, race=v, held=held)) for v in range(len(SKIN_TONES))]
     da = [d(counterfactual_faces(case, age=v, held=held)) for v in ages]
-    return dict(user=user.user_id, true=t, d_gender=dg, d_race=dr, d_age=da, ages=list(ages),
+    return dict(user=user.user_id, level=level, true=t, d_gender=dg, d_race=dr, d_age=da, ages=list(ages),
                 gender=int(np.argmin(dg)), race=int(np.argmin(dr)), age=float(ages[int(np.argmin(da))]),
                 gender_right=int(np.argmin(dg)) == t["gender"], race_right=int(np.argmin(dr)) == t["race"],
                 age_error=abs(float(ages[int(np.argmin(da))]) - t["age"]))
@@ -249,5 +260,5 @@ def attribute_ceiling_study(users:Sequence[int], # SynthFaces users
                            )->list[dict]:
     "`attribute_ceiling` over users, one row each, kept in `cache` as each finishes."
     base = base or Case.demo()
-    keys = [replace(base, user=u).key().split("/")[-1] for u in users]
+    keys = [replace(base, user=u).key().split("/")[-1] + f"|{kw.get('level', 'user')}" for u in users]
     return cached_rows(keys, lambda i: attribute_ceiling(replace(base, user=users[i]), **kw), cache, "ceiling", progress)
