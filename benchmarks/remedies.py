@@ -30,6 +30,8 @@ import numpy as np
 VARIANTS = {
     "shipped": ("diffula", {}, "the demo's attack as shipped"),
     "control": ("control", {}, "its prior-only control (gm_weight = 0)"),
+    "diffula_ensemble": ("diffula_ensemble", {}, "the shipped attack read over K draws around x_opt (pipeline.ENSEMBLE)"),
+    "dps": ("dps", {}, "the DPS variant at its default ζ_g (DPSConfig)"),
     "clip_late": ("diffula", {"clip_end": 1.5}, "ζ stays at 1.5: the matching term is not weakened late"),
     "tau_high": ("diffula", {"t_end": 700}, "a higher τ_end: the prior acts at higher noise to the end"),
     "no_jitter": ("diffula", {"p_jitter": 0.0}, "no colour jitter in T: skin tone and brightness are not made invariant"),
