@@ -36,6 +36,8 @@ VARIANTS = {
     "tau_high": ("diffula", {"t_end": 700}, "a higher τ_end: the prior acts at higher noise to the end"),
     "no_jitter": ("diffula", {"p_jitter": 0.0}, "no colour jitter in T: skin tone and brightness are not made invariant"),
     "restarts3": ("diffula", {"restarts": 3}, "three restarts, the one whose image best explains ∇w kept (3× the cost)"),
+    "restarts3_vote": ("diffula", {"restarts": 3, "posterior_samples": 3, "posterior_source": "restarts"},
+                       "three restarts, all three final images read with the batch-ensemble rule (3× the cost)"),
     "dps_0.03": ("dps", {"guidance": 0.03}, "the DPS variant, ζ_g = 0.03"),
     "dps_0.1": ("dps", {"guidance": 0.1}, "the DPS variant, ζ_g = 0.1"),
     "dps_0.3": ("dps", {"guidance": 0.3}, "the DPS variant, ζ_g = 0.3"),
