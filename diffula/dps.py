@@ -23,7 +23,7 @@ __all__ = ['DPSConfig', 'dps_attack']
 class DPSConfig(AttackConfig):
     "Diffusion posterior sampling with ∇w as the measurement: AttackConfig's threat-model knobs and the guidance ζ_g."
     steps: int = 1000  # reverse steps (DPS runs all T = 1000); `cpu()` takes the demo's 480
-    guidance: float = 0.05  # ζ_g: the guidance step's length as a multiple of the ancestral step's noise σ_t √D
+    guidance: float = 0.03  # ζ_g, the guidance step over the ancestral step's noise σ_t √D (chosen on users 40-49)
 
     def validate(self, num_train_timesteps:int=1000)->DPSConfig:
         "AttackConfig's checks, the guidance's, and the readout: K draws only from restarts."
