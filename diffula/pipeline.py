@@ -282,7 +282,7 @@ def run_case(case:Case, # what to run
         files = ["reconstruction.png"]
         if "norm_gp" in r.history:                                 # DiffULA: its schedules and norms per step
             save_figure(out/"history.png", plot_history(r)); files.append("history.png")
-        tensors = {k: v for k, v in r.extras.items() if isinstance(v, torch.Tensor)}  # DiffULA's x_opt, GIAS's latents
+        tensors = {k: v.detach().cpu() for k, v in r.extras.items() if isinstance(v, torch.Tensor)}  # x_opt, GIAS's latents: readable on any machine
         atomic_write(out/"result.pt", lambda p: torch.save(dict(images=r.images, labels=r.labels, case=asdict(case),
                      history=r.history, snapshots=r.snapshots, restart_distances=r.restart_distances, **tensors), p))
         res["files"] = files + ["result.pt", "metrics.json"]

@@ -28,9 +28,14 @@ _GREY = np.array([0.80, 0.80, 0.80])
 
 def sample_users(n:int, # number of users
                  rng:np.random.Generator, # source of randomness
+                 balanced:bool=False, # stratify gender x race x age third: every cell equally often (n a multiple of 24)
                 )->dict:
     "Draw `n` users: private attributes (gender, race, age) and identity (geometry, hair, eyes, glasses)."
-    g = rng.integers(0, 2, n); r = rng.integers(0, 4, n); age = rng.uniform(*AGE_RANGE, n)
+    if balanced:  # the 2 x 4 x 3 cells in a shuffled round, age uniform within its third of AGE_RANGE
+        cell = rng.permutation(np.arange(n) % 24); lo, hi = AGE_RANGE
+        g, r = cell % 2, (cell // 2) % 4
+        age = lo + (cell // 8 + rng.uniform(0, 1, n))*(hi - lo)/3
+    else: g = rng.integers(0, 2, n); r = rng.integers(0, 4, n); age = rng.uniform(*AGE_RANGE, n)
     hair_idx = np.array([rng.choice(5, p=_HAIR_P[k]) for k in r])
     return dict(
         gender=g, race=r, age=age,
@@ -315,7 +320,8 @@ class SynthFaces(list):
 def random_faces(n:int, # number of images (each of a fresh user)
                  rng:np.random.Generator, # source of randomness
                  size:int=32, # image side in px
+                 balanced:bool=False, # stratified gender x race x age (`sample_users`)
                 )->tuple[torch.Tensor, dict]:
     "`n` faces of `n` fresh users, with their identity rows (private attributes included)."
-    ident, nuis = sample_users(n, rng), sample_nuisance(n, rng)
+    ident, nuis = sample_users(n, rng, balanced), sample_nuisance(n, rng)
     return render_faces(ident, nuis, size), ident

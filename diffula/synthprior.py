@@ -44,6 +44,19 @@ def _save_prior(unet, sched, out_dir:Path, info:dict):
     (out_dir/"model_index.json").write_text(json.dumps(index, indent=2))
     (out_dir/"training.json").write_text(json.dumps(info, indent=1))
 
+class _FaceBatches(torch.utils.data.Dataset):
+    "Training batch k of the face stream (seed, k): faces in [0, 1], half of them mirrored; the same in any worker."
+    def __init__(self, seed, batch_size, size, balanced): self.a = (seed, batch_size, size, balanced)
+    def __len__(self): return 2**62
+    def __getitem__(self, k):
+        seed, n, size, balanced = self.a
+        rng = np.random.default_rng([seed, k])
+        x0, _ = random_faces(n, rng, size, balanced=balanced) if balanced else random_faces(n, rng, size)
+        flip = torch.as_tensor(rng.random(n) < 0.5)
+        return torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+
+def _one_thread(_): torch.set_num_threads(1)  # a rendering worker: one thread each, no oversubscription
+
 def _hardware(device):
     if str(device).startswith("cuda"): return torch.cuda.get_device_name(0)
     return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
@@ -64,6 +77,8 @@ def train_prior(out_dir:str|Path|None=None, # where the diffusers folder goes (d
                 resume:bool=True, # continue from `state_path` when it exists
                 threads:int|None=None, # torch CPU threads (None: leave as is)
                 stop_at:int|None=None, # stop (and save) after this many steps; the schedule still spans `steps`
+                balanced:bool=False, # a stratified gender x race x age stream (`random_faces(balanced=True)`)
+                workers:int=0, # processes rendering the faces ahead of the GPU (0: in the training loop)
                )->Path:
     "Train the SynthFaces DDPM prior (Eq. of Ho et al.; the paper prior's schedule) and save it as a diffusers folder."
     if threads: torch.set_num_threads(threads)
@@ -85,19 +100,21 @@ def train_prior(out_dir:str|Path|None=None, # where the diffusers folder goes (d
     log = open(out_dir/"train_log.txt", "a")
     def info(k):
         command = (f"diffula.synthprior.train_prior(steps={steps}, stop_at={k}, batch_size={batch_size}, lr={lr}, "
-                   f"seed={seed}, size={size}, device='{device}')")
+                   f"seed={seed}, size={size}, ema_decay={ema_decay}, balanced={balanced}, device='{device}')")
         return dict(steps_done=k, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, size=size, seed=seed,
                     wall_s=round(wall, 1), images_per_s=round(k*batch_size/max(wall, 1e-9), 2), device=str(device),
                     hardware=_hardware(device), torch=torch.__version__,
                     n_params=sum(p.numel() for p in unet.parameters()), loss_every=log_every,
-                    losses=[round(l, 5) for l in losses], command=command, notebook="nbs/01b_synthprior.ipynb")
+                    losses=[round(l, 5) for l in losses], balanced=balanced, command=command, notebook="nbs/01b_synthprior.ipynb")
     unet.train(); t0, run = time.time(), []
     end = min(steps, stop_at or steps)
-    for k in range(start, end):
-        rng = np.random.default_rng([seed, k])
-        x0, _ = random_faces(batch_size, rng, size)  # (B, 3, size, size) in [0, 1]
-        flip = torch.as_tensor(rng.random(batch_size) < 0.5)
-        x0 = to_signed(torch.where(flip[:, None, None, None], x0.flip(-1), x0).to(device))  # prior side: [-1, 1]
+    data = _FaceBatches(seed, batch_size, size, balanced)  # batch k depends on (seed, k) only: resumable, any workers
+    batches = (iter(torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, end), num_workers=workers,
+                                                prefetch_factor=4, pin_memory=str(device).startswith("cuda"),
+                                                worker_init_fn=_one_thread))
+               if workers else (data[k] for k in range(start, end)))
+    for k, x0 in zip(range(start, end), batches):
+        x0 = to_signed(x0.to(device, non_blocking=True))  # (B, 3, size, size), prior side: [-1, 1]
         gen = torch.Generator().manual_seed(seed*1_000_003 + k)
         t = torch.randint(0, 1000, (batch_size,), generator=gen).to(device)
         eps = torch.randn(x0.shape, generator=gen).to(device)
