@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The balanced prior on a lent GPU in one call (benchmarks/balanced_prior.py's steps 1 and 2), packed for the way back.
 # Run from the repo root on the device machine, with the wheels the image lacks in .whl/ (diffusers, kornia,
-# kornia_rs, importlib_metadata; see the device tool's README) and $OUT set. Budgets: TRAIN_S of training, then new
+# kornia_rs, importlib_metadata, fastcore; see the device tool's README) and $OUT set. Budgets: TRAIN_S of training, then new
 # attack cases started for ATTACK_S; each phase is capped so that the call ends inside its lease.
 set -u; export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 TRAIN_S=${TRAIN_S:-200}; ATTACK_S=${ATTACK_S:-180}; JOBS=${JOBS:-8}; DEVICE=${DEVICE:-cuda}; PY=${PY:-python3}
