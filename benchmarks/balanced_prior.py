@@ -99,13 +99,10 @@ def _bias(prior_src, ev, n=200):
     "The evaluators' reading of n DDIM samples (50 steps, seed 1): stage 01b's quality record."
     import torch
     from diffula.prior import load_prior
+    from diffula.synthprior import attribute_reading
     prior = load_prior(prior_src)
     xs = prior.from_prior(prior.sample(n, steps=50, generator=torch.Generator().manual_seed(1), batch_size=50)).clamp(0, 1)
-    p = ev.predict(xs)
-    return dict(prior=str(prior_src), face_pass=round((p["face_prob"] > 0.5).float().mean().item(), 3),
-                male_share=round(p["gender"].float().mean().item(), 3),
-                race_shares=[round((p["race"] == k).float().mean().item(), 3) for k in range(4)],
-                age_mean=round(p["age"].mean().item(), 1), age_std=round(p["age"].std().item(), 1))
+    return dict(prior=str(prior_src), **attribute_reading(ev.predict(xs)))
 
 
 def report(a):
@@ -136,12 +133,11 @@ def report(a):
                         age_pred=round(float(np.mean([r["inferred"]["age"] for r in rs])), 1),
                         male_pred=round(float(np.mean([r["inferred"]["gender"] for r in rs])), 2))
                 for k, rs in rows.items()}
-        tests = dict(balanced_vs_shipped=dict(score=sign_test(score(rows["balanced_diffula"]), score(rows["shipped_diffula"])),
-                                              gap=sign_test(gap(rows["balanced_diffula"]), gap(rows["shipped_diffula"]))),
-                     balanced_vs_control=dict(score=sign_test(score(rows["balanced_diffula"]), score(rows["balanced_control"])),
-                                              gap=sign_test(gap(rows["balanced_diffula"]), gap(rows["balanced_control"]))),
-                     shipped_vs_control=dict(score=sign_test(score(rows["shipped_diffula"]), score(rows["shipped_control"])),
-                                             gap=sign_test(gap(rows["shipped_diffula"]), gap(rows["shipped_control"]))))
+        pairs = dict(balanced_vs_shipped=("balanced_diffula", "shipped_diffula"),
+                     balanced_vs_control=("balanced_diffula", "balanced_control"),
+                     shipped_vs_control=("shipped_diffula", "shipped_control"))
+        tests = {k: dict(score=sign_test(score(rows[x]), score(rows[y])), gap=sign_test(gap(rows[x]), gap(rows[y])))
+                 for k, (x, y) in pairs.items()}
         out["sets"][s] = dict(users=USER_SETS[s], arms=summ, tests=tests)
         print(f"\nusers {USER_SETS[s][0]}-{USER_SETS[s][-1]} ({s}), device {a.device}")
         print(f"{'arm':>18s} {'own>oth':>7s} {'gender':>11s} {'race':>11s} {'age err':>11s} {'age pred':>8s} {'male':>5s}")

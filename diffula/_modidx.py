@@ -542,6 +542,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/diffula', 'doc_host': '', 
                                     'diffula.synthprior._hardware': ('synthprior.html#_hardware', 'diffula/synthprior.py'),
                                     'diffula.synthprior._one_thread': ('synthprior.html#_one_thread', 'diffula/synthprior.py'),
                                     'diffula.synthprior._save_prior': ('synthprior.html#_save_prior', 'diffula/synthprior.py'),
+                                    'diffula.synthprior.attribute_reading': ('synthprior.html#attribute_reading', 'diffula/synthprior.py'),
                                     'diffula.synthprior.prior_scheduler': ('synthprior.html#prior_scheduler', 'diffula/synthprior.py'),
                                     'diffula.synthprior.prior_unet': ('synthprior.html#prior_unet', 'diffula/synthprior.py'),
                                     'diffula.synthprior.train_prior': ('synthprior.html#train_prior', 'diffula/synthprior.py')}}}

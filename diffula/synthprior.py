@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel, DDPMScheduler
 from .data import data_dir, to_signed
-from .synthfaces import random_faces
+from .synthfaces import random_faces, RACE_NAMES
 
 # %% auto #0
-__all__ = ['PRIOR_SIZE', 'PRIOR_DIR', 'prior_scheduler', 'prior_unet', 'train_prior']
+__all__ = ['PRIOR_SIZE', 'PRIOR_DIR', 'prior_scheduler', 'prior_unet', 'train_prior', 'attribute_reading']
 
 # %% ../nbs/01b_synthprior.ipynb #afbc6eaf
 PRIOR_SIZE = 32  # side of the SynthFaces prior's images (px)
@@ -140,3 +140,12 @@ def train_prior(out_dir:str|Path|None=None, # where the diffusers folder goes (d
                             losses=losses), state_path)
     log.close()
     return out_dir
+
+# %% ../nbs/01b_synthprior.ipynb #281b1307
+def attribute_reading(p:dict, # the evaluators' predictions for a set of images (`Evaluators.predict`)
+                     )->dict:
+    "What the evaluators read off a set of images: face-check pass rate, male-like share, race shares, age mean and std."
+    return dict(face_pass=round((p["face_prob"] > 0.5).float().mean().item(), 3),
+                male_share=round(p["gender"].float().mean().item(), 3),
+                race_shares=[round((p["race"] == k).float().mean().item(), 3) for k in range(len(RACE_NAMES))],
+                age_mean=round(p["age"].mean().item(), 1), age_std=round(p["age"].std().item(), 1))
