@@ -385,13 +385,14 @@ def figures(out:str|Path, # where the figures, tables, manifest and the runs beh
         note("susceptibility", ["susceptibility.json"], "does the signal ceiling predict which users leak (Spearman)")
     D = DEFENCE_STUDIES["quick" if quick else "full"]
     dbase = Case.demo(config=dict(D["config"]))
-    drows = defence_sweep(list(range(D["users"])), runs, D["specs"], dbase, ceiling_users=D["ceiling_users"], jobs=jobs,
-                          progress=progress)
+    drows = defence_sweep(list(range(D["users"])), runs, D["specs"], dbase, methods=D["methods"], configs=D["configs"],
+                          ceiling_users=D["ceiling_users"], jobs=jobs, progress=progress)
     save_figure(out/"defences.png", fig_defences(drows))
     write_text(out/"defences.md", defence_table_markdown(drows))
-    write_json(out/"defences.json", dict(rows=drows, break_points=break_points(drows)))
+    write_json(out/"defences.json", dict(rows=drows, break_points={m: break_points(drows, m) for m in D["methods"]}))
     note("defences", ["defences.png", "defences.md", "defences.json"],
          "the leak against defence strength (FedAvg, DP-SGD, pruning, aggregation), the control, the signal ceiling, "
-         "the break points", users=list(range(D["users"])), specs=list(D["specs"]), case=asdict(dbase))
+         "the break points", users=list(range(D["users"])), specs=list(D["specs"]), case=asdict(dbase),
+         methods=list(D["methods"]), configs=D["configs"])
     write_json(out/"manifest.json", manifest)
     return manifest

@@ -5,6 +5,7 @@
 # %% ../nbs/05_defence_study.ipynb #2770777f
 from __future__ import annotations
 import json, math
+import torch
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -14,11 +15,11 @@ from .case import Case, parse_defence
 from .files import write_json, check_out_dir
 from .defences import dp_epsilon
 from .retrieval import synthfaces_retrieval
-from .pipeline import run_cases, leak_summary, attribute_score, sign_test
+from .pipeline import run_cases, leak_summary, attribute_score, sign_test, client_update, load_users
 
 # %% auto #0
-__all__ = ['DEFENCE_GRID', 'DEFENCE_STUDIES', 'defence_strength', 'defence_sweep', 'break_points', 'defence_table_markdown',
-           'fig_defences']
+__all__ = ['DEFENCE_GRID', 'GIAS_QUICK', 'DEFENCE_STUDIES', 'defence_strength', 'update_fidelity', 'defence_sweep',
+           'break_points', 'sweep_methods', 'defence_table_markdown', 'fig_defences']
 
 # %% ../nbs/05_defence_study.ipynb #b94237c8
 DEFENCE_GRID = ("fedsgd",                                          # the undefended baseline: strength 0 of every kind
@@ -26,11 +27,13 @@ DEFENCE_GRID = ("fedsgd",                                          # the undefen
                 *[f"prune:p={p:g}" for p in (0.5, 0.9, 0.99)],
                 *[f"fedavg:steps={e},lr=0.1,batch=4" for e in (1, 2, 5)],
                 *[f"aggregate:users={u}" for u in (2, 4, 8)])
+# GIAS at the quick budget: a quarter of its demo budget (40 + 240 steps), as DiffULA's 120 steps are a quarter of 480
+GIAS_QUICK = dict(latent_steps=10, param_steps=60)
 DEFENCE_STUDIES = {  # how much the defence sweep runs: "quick" is CPU-sized, "full" the 10 users
     "quick": dict(users=2, config=dict(steps=120, lr=5.0, snapshot_every=20), ceiling_users=6,
                   specs=("fedsgd", "dp:clip=1,sigma=0.01", "prune:p=0.99", "fedavg:steps=5,lr=0.1,batch=4",
-                         "aggregate:users=8")),
-    "full": dict(users=10, config={}, ceiling_users=20, specs=DEFENCE_GRID),
+                         "aggregate:users=8"), methods=("diffula", "gias"), configs=dict(gias=GIAS_QUICK)),
+    "full": dict(users=10, config={}, ceiling_users=20, specs=DEFENCE_GRID, methods=("diffula", "gias"), configs={}),
 }
 _STRENGTH = {"fedsgd": None, "dp": "sigma", "prune": "p", "fedavg": "steps", "aggregate": "users"}
 
@@ -39,28 +42,45 @@ def defence_strength(spec:str)->tuple[str, float]:
     d = parse_defence(spec)
     return d.kind, (0.0 if d.kind == "fedsgd" else float(d.get(_STRENGTH[d.kind])))
 
+def update_fidelity(case:Case, # the threat model and its defence (`case.defence`)
+                    users:Sequence[int], # the users whose updates are compared
+                   )->dict:
+    ("What a defence costs the federated task, in the update itself: the cosine between the update the server observes "
+     "and the undefended FedSGD gradient, per user (1: the same direction; 0: no information about it).")
+    flat = lambda gs: torch.cat([t.flatten() for t in gs]).double()          # float64: 11M entries
+    cos = []
+    for u in users:
+        c = replace(case, user=int(u)); user = load_users(c)[0]
+        _, g0 = client_update(replace(c, defence="fedsgd"), user); _, g = client_update(c, user)
+        cos.append(round(float(torch.nn.functional.cosine_similarity(flat(g), flat(g0), dim=0)), 4))
+    return dict(cosine=round(float(np.mean(cos)), 4), per_user=cos)
+
 def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the control's)
                   out:str|Path, # results folder (resumable; finished cases and ceilings are reused)
                   specs:Sequence[str]=DEFENCE_GRID, # defence specs, one row each
                   base:Case|None=None, # the case every run starts from (default: the demo's)
                   methods:Sequence[str]=("diffula",), # attack methods run under each defence
+                  configs:dict|None=None, # per method, its `Case.config` (default: `base.config`), e.g. GIAS's budget
                   ceiling_users:int=0, # users in the signal ceiling under each defence (0: none)
                   adaptive:Sequence[str]=(), # kinds (or single specs) also run with the adaptive attacker (`Case.adaptive`)
                   jobs:int=1, # parallel cases
                   progress:bool=True, # progress bars
                  )->list[dict]:
     ("The leak under each defence: per spec, each method's leak summary and paired sign tests against the control "
-     "(run once: it never reads the gradient), DP's ε, and the signal ceiling.")
+     "(run once: it never reads the gradient), DP's ε, the update's fidelity to FedSGD, and the signal ceiling.")
     base, out = base or Case.demo(), check_out_dir(out)
-    users = list(users)
+    users, configs = list(users), dict(configs or {})
+    if not users: raise ValueError("defence_sweep needs at least one user")
+    for spec in specs: parse_defence(spec)                           # a bad spec fails before any case runs
+    cfg = lambda m: dict(configs.get(m, base.config))
     ctl = run_cases([replace(base, method="control", user=u, defence="fedsgd") for u in users], out, jobs=jobs,
                     progress=progress)
     gap = lambda rs: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rs]
     rows = []
     for spec in specs:
         d = parse_defence(spec); kind, strength = defence_strength(spec)
-        res = run_cases([replace(base, method=m, user=u, defence=spec) for m in methods for u in users], out,
-                        jobs=jobs, progress=progress)
+        res = run_cases([replace(base, method=m, user=u, defence=spec, config=cfg(m)) for m in methods for u in users],
+                        out, jobs=jobs, progress=progress)
         row = dict(defence=str(d), spec=spec, kind=kind, strength=strength, users=users, control=leak_summary(ctl))
         if kind in adaptive or spec in adaptive:
             ra = run_cases([replace(base, method="diffula", user=u, defence=spec, adaptive=True) for u in users], out,
@@ -75,6 +95,9 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
             try: row["epsilon"] = dp_epsilon(d.get("sigma"), d.get("rate"), d.get("rounds"), d.get("delta"))
             except ImportError: row["epsilon"] = None
             row["privacy"] = dict(delta=d.get("delta"), rate=d.get("rate"), rounds=d.get("rounds"))
+        f = out/"fidelity"/f"{replace(base, defence=spec).key().split('-')[-1]}-u{'_'.join(map(str, users))}.json"
+        if f.exists(): row["fidelity"] = json.loads(f.read_text())
+        else: row["fidelity"] = update_fidelity(replace(base, defence=spec), users); write_json(f, row["fidelity"])
         if ceiling_users:
             f = out/"ceiling_defence"/f"{str(d).replace(':', '_').replace(',', '_')}-u{users[0]}-{ceiling_users}-" \
                                       f"{replace(base, defence=spec).key().split('-')[-1]}.json"
@@ -109,27 +132,41 @@ def break_points(rows:Sequence[dict], # `defence_sweep` rows
                                                  p_value=arm(broken[0])["paired"]["similarity_gap"]["p_value"])
     return out
 
+def sweep_methods(rows:Sequence[dict])->list[str]:
+    "The attack arms a sweep's rows carry (methods, then `adaptive` where it ran), in order of first appearance."
+    skip = {"control", "ceiling", "fidelity", "privacy"}
+    return list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, dict) and "paired" in v
+                              and k not in skip))
+
 def defence_table_markdown(rows:Sequence[dict], # `defence_sweep` rows
-                           method:str="diffula", # the attack
+                           methods:Sequence[str]|str|None=None, # the arms shown (default: every arm of the rows)
                           )->str:
-    "The sweep as a markdown table: per defence, ε, the attack's leak and attributes, the paired test, the ceiling."
+    ("The sweep as a markdown table: per defence and arm, ε, the update's cosine to FedSGD, the leak and attributes, "
+     "the paired test against the control, the ceiling.")
+    methods = [methods] if isinstance(methods, str) else list(methods or sweep_methods(rows))
     fmt = lambda v, d=3: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (
         "∞" if isinstance(v, float) and math.isinf(v) else f"{v:.{d}g}" if isinstance(v, float) else str(v))
-    lines = ["| defence | ε | own > other | gap | control gap | sign test p (gap) | gender | race | age MAE | "
-             "ceiling mean rank (chance) |", "|" + "---|"*10]
+    lines = ["| defence | ε | update cosine to FedSGD | arm | own > other | gap | control gap | sign test p (gap) | "
+             "gender | race | age MAE | ceiling mean rank (chance) |", "|" + "---|"*12]
     for r in rows:
-        a, c, ce = r[method], r["control"], r.get("ceiling")
-        lines.append(f"| `{r['spec']}` | {fmt(r.get('epsilon'))} | {a['own_gt_other']}/{a['users']} | "
-                     f"{fmt(a['similarity_gap'])} | {fmt(c['similarity_gap'])} | "
-                     f"{fmt(a['paired']['similarity_gap']['p_value'])} | {fmt(a['gender_acc'])} | {fmt(a['race_acc'])} | "
-                     f"{fmt(a['age_mae'])} | "
-                     + (f"{ce['mean_rank']} ({ce['chance_rank']})" if ce else "–") + " |")
+        c, ce, fi = r["control"], r.get("ceiling"), r.get("fidelity")
+        for m in methods:
+            if m not in r: continue
+            a = r[m]
+            lines.append(f"| `{r['spec']}` | {fmt(r.get('epsilon'))} | {fmt(fi['cosine']) if fi else '–'} | {m} | "
+                         f"{a['own_gt_other']}/{a['users']} | {fmt(a['similarity_gap'])} | {fmt(c['similarity_gap'])} | "
+                         f"{fmt(a['paired']['similarity_gap']['p_value'])} | {fmt(a['gender_acc'])} | "
+                         f"{fmt(a['race_acc'])} | {fmt(a['age_mae'])} | "
+                         + (f"{ce['mean_rank']} ({ce['chance_rank']})" if ce else "–") + " |")
     return "\n".join(lines) + "\n"
 
+def _span(us): return f"{us[0]}–{us[-1]}" if list(us) == list(range(us[0], us[-1] + 1)) else ", ".join(map(str, us))
+
 def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
-                 method:str="diffula", # the attack
+                 methods:Sequence[str]|str|None=None, # the arms drawn (default: every arm of the rows)
                  dpi:int=80)->plt.Figure:
     "The leak against defence strength, one panel per defence: the attack's similarity gap, the control as the floor."
+    methods = [methods] if isinstance(methods, str) else list(methods or sweep_methods(rows))
     kinds = list(dict.fromkeys(r["kind"] for r in rows if r["kind"] != "fedsgd"))
     base = [r for r in rows if r["kind"] == "fedsgd"]
     ceil = any("ceiling" in r for r in rows)
@@ -140,10 +177,16 @@ def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
         xs = list(range(len(ladder)))
         labels = ["none" if r["kind"] == "fedsgd" else f"{r['strength']:g}" for r in ladder]
         a = ax[0, j]
-        a.plot(xs, [r[method]["similarity_gap"] for r in ladder], "o-", label=method)
+        for k, m in enumerate(methods):
+            arm = lambda r: r.get(m) or (r.get("diffula") if m == "adaptive" and r["kind"] == "fedsgd" else None)
+            pts = [(x, arm(r)) for x, r in zip(xs, ladder) if arm(r) is not None]
+            if len(pts) < 2: continue                      # an arm that did not run under this defence
+            a.plot([x for x, _ in pts], [s["similarity_gap"] for _, s in pts], "o-" if m != "adaptive" else "o:",
+                   color=f"C{k}", label=m)
+            for x, s in pts:
+                if s["paired"]["similarity_gap"]["p_value"] < 0.05: a.plot(x, s["similarity_gap"], "*", color=f"C{k}",
+                                                                           mec="k", ms=11)
         a.plot(xs, [r["control"]["similarity_gap"] for r in ladder], "k--", label="prior-only control")
-        for x, r in zip(xs, ladder):
-            if r[method]["paired"]["similarity_gap"]["p_value"] < 0.05: a.plot(x, r[method]["similarity_gap"], "g*", ms=10)
         a.set_xticks(xs, labels); a.set_title(f"{kind} ({_STRENGTH[kind]})", fontsize=9)
         a.set_ylabel("similarity gap (own − other)" if j == 0 else ""); a.axhline(0, color="0.8", lw=0.8)
         if j == 0: a.legend(fontsize=7)
@@ -153,5 +196,6 @@ def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
             b.axhline(ladder[0].get("ceiling", {}).get("chance_rank", np.nan), color="k", ls=":", label="chance")
             b.set_xticks(xs, labels); b.set_ylabel("signal ceiling: mean rank" if j == 0 else "")
             if j == 0: b.legend(fontsize=7)
-    fig.suptitle("the leak against defence strength (★: attack above its control, paired sign test p < 0.05)", fontsize=9)
+    fig.suptitle("the leak against defence strength, users " + _span(rows[0]["users"]) +
+                 " (★: the arm above its control, paired sign test p < 0.05)", fontsize=9)
     fig.tight_layout(); return fig
