@@ -15,11 +15,13 @@ from .case import Case, parse_defence
 from .files import write_json, check_out_dir
 from .defences import dp_epsilon
 from .retrieval import synthfaces_retrieval
-from .pipeline import run_cases, leak_summary, attribute_score, sign_test, client_update, load_users
+from .pipeline import (run_cases, leak_summary, attribute_score, sign_test, client_update, load_users,
+                              make_evaluator, other_user_index)
+from .synthfaces import synthfaces_user, round_mate_ids
 
 # %% auto #0
 __all__ = ['DEFENCE_GRID', 'GIAS_QUICK', 'DEFENCE_STUDIES', 'defence_strength', 'update_fidelity', 'defence_sweep',
-           'break_points', 'sweep_methods', 'defence_table_markdown', 'fig_defences']
+           'break_points', 'sweep_methods', 'defence_table_markdown', 'fig_defences', 'aggregation_members']
 
 # %% ../nbs/05_defence_study.ipynb #b94237c8
 DEFENCE_GRID = ("fedsgd",                                          # the undefended baseline: strength 0 of every kind
@@ -199,3 +201,44 @@ def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
     fig.suptitle("the leak against defence strength, users " + _span(rows[0]["users"]) +
                  " (★: the arm above its control, paired sign test p < 0.05)", fontsize=9)
     fig.tight_layout(); return fig
+
+# %% ../nbs/05_defence_study.ipynb #61be2c2d
+def aggregation_members(users:Sequence[int], # SynthFaces users attacked under the aggregation (finished cases in `out`)
+                        out:str|Path, # the sweep's results folder
+                        spec:str, # an `aggregate:users=U` spec
+                        base:Case|None=None, # the sweep's base case
+                        method:str="diffula", # the attack (compared with the control's images on the same rounds)
+                       )->dict:
+    ("What the attack recovers about each user of an aggregation round: the reconstruction's similarity to every "
+     "member's batch (the attacked user and its U − 1 round mates) and to an outside user, per user, for the attack and "
+     "for the prior-only control's image of the same user; read from the stored cases (nothing is rerun).")
+    d, base, out = parse_defence(spec), base or Case.demo(), Path(out)
+    if d.kind != "aggregate": raise ValueError(f"aggregation_members needs an aggregate:users=U spec, got {spec!r}")
+    U, ev = int(d.get("users")), make_evaluator(base.evaluator)
+    one = lambda i: synthfaces_user(int(i), base.batch_size, base.stream_seed, base.image_size, base.task_label)
+    arms = {method: dict(defence=spec), "control": dict(defence="fedsgd")}   # the control never reads the gradient
+    res = {a: dict(own_rank=[], own_best=0, round_gap=[], member_sims=[], gender_majority=[]) for a in arms}
+    for u in users:
+        case = replace(base, user=int(u), defence=spec)
+        members = [one(u)] + [one(i) for i in round_mate_ids(int(u), U - 1, base.seed)]
+        outside = one(other_user_index(case))
+        for a, kw in arms.items():
+            c = replace(case, method=a, **kw); f = out/c.key()/"result.pt"
+            if not f.exists(): raise FileNotFoundError(f"{f}: run the sweep first (defence_sweep with {spec!r})")
+            x = torch.load(f, map_location="cpu", weights_only=False)["images"]
+            sims = [float(ev.similarity(x, m.images).mean()) for m in members]
+            s_out = float(ev.similarity(x, outside.images).mean())
+            r = res[a]
+            r["own_rank"].append(int(sum(s > sims[0] for s in sims[1:])))
+            r["own_best"] += int(r["own_rank"][-1] == 0)
+            r["round_gap"].append(round(float(np.mean(sims)) - s_out, 4)); r["member_sims"].append([round(s, 4) for s in sims])
+            inferred = json.loads((out/c.key()/"metrics.json").read_text())["inferred"]["gender"]
+            genders = [m.attributes["gender"] for m in members]
+            r["gender_majority"].append(int(inferred == int(np.mean(genders) > 0.5)) if np.mean(genders) != 0.5 else None)
+    for a, r in res.items():
+        g = [v for v in r["gender_majority"] if v is not None]
+        r.update(mean_own_rank=round(float(np.mean(r["own_rank"])), 2), chance_rank=(U - 1)/2,
+                 mean_round_gap=round(float(np.mean(r["round_gap"])), 4),
+                 gender_majority_acc=round(float(np.mean(g)), 3) if g else None)
+    res[method]["paired_round_gap"] = sign_test(res[method]["round_gap"], res["control"]["round_gap"])
+    return dict(spec=spec, users=[int(u) for u in users], round_size=U, **res)

@@ -13,7 +13,8 @@ from .case import TASK_LABELS  # the two federated task labels, named once for e
 
 # %% auto #0
 __all__ = ['RACE_NAMES', 'GENDER_NAMES', 'AGE_RANGE', 'SKIN_TONES', 'sample_users', 'sample_nuisance', 'render_faces',
-           'task_labels', 'user_params', 'synthfaces_user', 'round_mates', 'SynthFaces', 'random_faces']
+           'task_labels', 'user_params', 'synthfaces_user', 'round_mates', 'round_mate_ids', 'SynthFaces',
+           'random_faces']
 
 # %% ../nbs/00b_synthfaces.ipynb #e37e7574
 RACE_NAMES = ('light', 'olive', 'brown', 'dark')  # the four skin-tone classes of the race-like attribute
@@ -296,8 +297,16 @@ def round_mates(user:int, # the attacked user
                 draw:int=0, # seeds which users are drawn (a case's seed)
                )->list[tuple]:
     "The `n` users aggregated with `user` (stream users 1,000 … 999,999, drawn by (draw, user)), as (images, labels)."
-    idx = np.random.default_rng([0xA66, draw, user]).choice(np.arange(1_000, 1_000_000), size=n, replace=False)
-    return [synthfaces_user(int(i), images_per_user, seed, size, task_label).batch(images_per_user) for i in idx]
+    return [synthfaces_user(i, images_per_user, seed, size, task_label).batch(images_per_user)
+            for i in round_mate_ids(user, n, draw)]
+
+def round_mate_ids(user:int, # the attacked user
+                   n:int, # how many other users share its aggregation round
+                   draw:int=0, # seeds which users are drawn (a case's seed)
+                  )->list[int]:
+    "The stream indices of `round_mates`' users (to read their attributes, or compare a reconstruction with each)."
+    return [int(i) for i in np.random.default_rng([0xA66, draw, user]).choice(np.arange(1_000, 1_000_000), size=n,
+                                                                              replace=False)]
 
 class SynthFaces(list):
     "`n_users` SynthFaces users (a `list[User]`, like the CelebA and folder loaders) with true attributes."
