@@ -175,14 +175,26 @@ def load_users(case:Case)->tuple[User, User]:
     return users[case.user], users[other_user_index(case, len(users))]
 
 def co_users(case:Case)->list[tuple]:
-    ("The other users of an aggregation round (`aggregate:users=U`: U − 1 of them), as (images, labels): SynthFaces "
-     "users far from the attacked and the compared user, drawn by the case's seed.")
+    ("The other users of an aggregation round (`aggregate:users=U`: U − 1 of them), as (images, labels), drawn by the "
+     "case's seed: SynthFaces users far from the attacked and the compared user; for CelebA or a user folder, U − 1 of "
+     "the source's other users (never the attacked or the compared one), from the first user + 11 + 4U with B images.")
     d = parse_defence(case.defence)
     if d.kind != "aggregate" or d.get("users") == 1: return []
-    if case.data != "synthfaces":
-        raise ValueError(f"{case.defence} is implemented for SynthFaces users only (data={case.data!r})")
-    return round_mates(case.user, d.get("users") - 1, case.batch_size, case.stream_seed, case.image_size,
-                       case.task_label, draw=case.seed)
+    U = int(d.get("users"))
+    if case.data == "synthfaces":
+        return round_mates(case.user, U - 1, case.batch_size, case.stream_seed, case.image_size, case.task_label,
+                           draw=case.seed)
+    kind, _, path = case.data.partition(":")
+    load = celeba_users if kind == "celeba" else folder_users
+    users = load(path, min_images=case.batch_size, n_users=case.user + 11 + 4*U, max_images=case.batch_size,
+                 size=case.image_size)
+    taken = {case.user, other_user_index(case, len(users))}
+    pool = [k for k in range(len(users)) if k not in taken]
+    if len(pool) < U - 1:
+        raise ValueError(f"{case.data}: {case.defence} needs {U - 1} users besides user {case.user} and the compared "
+                         f"one with at least {case.batch_size} images; only {len(pool)} there")
+    pick = np.random.default_rng([0xA66, case.seed, case.user]).choice(pool, size=U - 1, replace=False)
+    return [users[int(k)].batch(case.batch_size) for k in pick]
 
 # %% ../nbs/04b_pipeline.ipynb #93a7b0f2
 SCHEMA = "diffula.case/1"  # the one metrics schema that `demo`, `attack`, `table1` and the benchmarks write

@@ -116,3 +116,32 @@ def test_the_adaptive_candidate_applies_the_mask_and_stays_differentiable(case):
     assert bool(((flat(cand) != 0) <= (flat(obs) != 0)).all())
     (gx,) = torch.autograd.grad(flat(cand).pow(2).sum(), xr)
     assert float(gx.abs().sum()) > 0
+
+
+def test_aggregation_over_folder_users_draws_other_users_of_the_source(tmp_path):
+    "aggregate:users=U on a user folder: U - 1 of its other users (never the attacked or the compared one), seeded."
+    import numpy as np
+    from PIL import Image
+    from diffula.case import Case
+    from diffula.pipeline import client_update, co_users, load_users, other_user_index
+    rng = np.random.default_rng(0)
+    for u in range(8):                                    # 8 users of 3 images, each user its own flat colour
+        (tmp_path/f"user{u}").mkdir()
+        for j in range(3):
+            px = np.clip(rng.normal(30*u, 3, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(tmp_path/f"user{u}"/f"{j}.png")
+    case = Case(data=f"folder:{tmp_path}", user=1, batch_size=2, image_size=16, defence="aggregate:users=3")
+    mates = co_users(case)
+    assert len(mates) == 2 and all(x.shape == (2, 3, 16, 16) for x, _ in mates)
+    user, other = load_users(case)
+    colour = lambda x: round(float(x.mean()) * 255 / 30)              # which user an image batch is
+    picked = {colour(x) for x, _ in mates}
+    assert len(picked) == 2 and not picked & {colour(user.images), colour(other.images)}
+    assert [colour(x) for x, _ in co_users(case)] == [colour(x) for x, _ in mates]       # the same case, the same round
+    model, observed = client_update(case, user)                      # the server sees the mean of the three updates
+    fed = [client_update(Case(data=case.data, user=1, batch_size=2, image_size=16), user)[1]]
+    fed += [client_gradient(model, x, y) for x, y in mates]
+    mean = [torch.stack(ts).mean(0) for ts in zip(*fed)]
+    assert torch.allclose(flat(observed), flat(mean), atol=1e-6)
+    with pytest.raises(ValueError, match="needs 7 users besides user 1"):
+        co_users(Case(data=f"folder:{tmp_path}", user=1, batch_size=2, image_size=16, defence="aggregate:users=8"))
