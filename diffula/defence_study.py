@@ -20,8 +20,9 @@ from .pipeline import (run_cases, leak_summary, attribute_score, sign_test, clie
 from .synthfaces import synthfaces_user, round_mate_ids
 
 # %% auto #0
-__all__ = ['DEFENCE_GRID', 'GIAS_QUICK', 'DEFENCE_STUDIES', 'defence_strength', 'update_fidelity', 'defence_sweep',
-           'break_points', 'sweep_methods', 'defence_table_markdown', 'fig_defences', 'aggregation_members']
+__all__ = ['DEFENCE_GRID', 'GIAS_QUICK', 'DEFENCE_STUDIES', 'defence_strength', 'signed_rank_test', 'update_fidelity',
+           'defence_sweep', 'break_points', 'sweep_methods', 'defence_table_markdown', 'fig_defences',
+           'aggregation_members']
 
 # %% ../nbs/05_defence_study.ipynb #b94237c8
 DEFENCE_GRID = ("fedsgd",                                          # the undefended baseline: strength 0 of every kind
@@ -43,6 +44,17 @@ def defence_strength(spec:str)->tuple[str, float]:
     "The kind of a defence spec and its strength (σ for dp, p for prune, E for fedavg, U for aggregate; 0: FedSGD)."
     d = parse_defence(spec)
     return d.kind, (0.0 if d.kind == "fedsgd" else float(d.get(_STRENGTH[d.kind])))
+
+def signed_rank_test(a:Sequence[float], # the attack's per-user values
+                     b:Sequence[float], # the control's, same users in the same order
+                    )->dict:
+    ("One-sided Wilcoxon signed-rank test that a > b (scipy; zero differences dropped): unlike the sign test it weighs "
+     "how far each user is above or below its control, so 10 users can show a gap the sign test's 8–2 cannot.")
+    from scipy.stats import wilcoxon
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if not np.any(d != 0): return dict(p_value=1.0, n=0)
+    return dict(p_value=round(float(wilcoxon(d, alternative="greater", zero_method="wilcox").pvalue), 5),
+                n=int((d != 0).sum()))
 
 def update_fidelity(case:Case, # the threat model and its defence (`case.defence`)
                     users:Sequence[int], # the users whose updates are compared
@@ -78,6 +90,10 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
     ctl = run_cases([replace(base, method="control", user=u, defence="fedsgd") for u in users], out, jobs=jobs,
                     progress=progress)
     gap = lambda rs: [r["similarity_to_batch"] - r["similarity_to_other_user"] for r in rs]
+    score = lambda rs: [attribute_score(r) for r in rs]
+    paired = lambda rs: dict(similarity_gap=sign_test(gap(rs), gap(ctl)),               # the arm against the control
+                             similarity_gap_signed_rank=signed_rank_test(gap(rs), gap(ctl)),
+                             attribute_score=sign_test(score(rs), score(ctl)))
     rows = []
     for spec in specs:
         d = parse_defence(spec); kind, strength = defence_strength(spec)
@@ -87,12 +103,10 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
         if kind in adaptive or spec in adaptive:
             ra = run_cases([replace(base, method="diffula", user=u, defence=spec, adaptive=True) for u in users], out,
                            jobs=jobs, progress=progress)
-            row["adaptive"] = dict(leak_summary(ra), paired=dict(similarity_gap=sign_test(gap(ra), gap(ctl)),
-                                   attribute_score=sign_test([attribute_score(r) for r in ra], [attribute_score(r) for r in ctl])))
+            row["adaptive"] = dict(leak_summary(ra), paired=paired(ra))
         for m in methods:
             rs = [r for r in res if r["case"]["method"] == m]
-            row[m] = dict(leak_summary(rs), paired=dict(similarity_gap=sign_test(gap(rs), gap(ctl)),
-                          attribute_score=sign_test([attribute_score(r) for r in rs], [attribute_score(r) for r in ctl])))
+            row[m] = dict(leak_summary(rs), paired=paired(rs))
         if kind == "dp":
             try: row["epsilon"] = dp_epsilon(d.get("sigma"), d.get("rate"), d.get("rounds"), d.get("delta"))
             except ImportError: row["epsilon"] = None
@@ -115,7 +129,8 @@ def defence_sweep(users:Sequence[int], # SynthFaces users (the attack's and the 
 
 def break_points(rows:Sequence[dict], # `defence_sweep` rows
                  method:str="diffula", # the attack
-                 alpha:float=0.05, # significance of the paired sign test on the similarity gap
+                 alpha:float=0.05, # significance of the paired test
+                 test:str="similarity_gap", # the paired test: "similarity_gap" (sign test), "similarity_gap_signed_rank", "attribute_score"
                 )->dict:
     ("Per defence kind, the weakest strength at which the attack is no longer better than its control "
      "(None: it stays better over the whole grid; a note when it is not better even without a defence).")
@@ -125,13 +140,13 @@ def break_points(rows:Sequence[dict], # `defence_sweep` rows
         arm = lambda r: r.get(method) or r["diffula"]  # at FedSGD the adaptive attacker is the attacker
         ladder = sorted(base + [r for r in rows if r["kind"] == kind and method in r], key=lambda r: r["strength"])
         if len(ladder) == len(base): continue                      # this method did not run under this defence
-        broken = [r for r in ladder if arm(r)["paired"]["similarity_gap"]["p_value"] >= alpha]
+        broken = [r for r in ladder if arm(r)["paired"][test]["p_value"] >= alpha]
         if broken and broken[0]["kind"] == "fedsgd":                # nothing to break: no leak without a defence
             out[kind] = dict(strength=None, defence=None, note="the attack is not above its control even without a "
-                             f"defence (p = {arm(broken[0])['paired']['similarity_gap']['p_value']})"); continue
+                             f"defence (p = {arm(broken[0])['paired'][test]['p_value']})"); continue
         out[kind] = None if not broken else dict(strength=broken[0]["strength"], defence=broken[0]["defence"],
                                                  epsilon=broken[0].get("epsilon"),
-                                                 p_value=arm(broken[0])["paired"]["similarity_gap"]["p_value"])
+                                                 p_value=arm(broken[0])["paired"][test]["p_value"], test=test)
     return out
 
 def sweep_methods(rows:Sequence[dict])->list[str]:
@@ -149,7 +164,7 @@ def defence_table_markdown(rows:Sequence[dict], # `defence_sweep` rows
     fmt = lambda v, d=3: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (
         "∞" if isinstance(v, float) and math.isinf(v) else f"{v:.{d}g}" if isinstance(v, float) else str(v))
     lines = ["| defence | ε | update cosine to FedSGD | arm | own > other | gap | control gap | sign test p (gap) | "
-             "gender | race | age MAE | ceiling mean rank (chance) |", "|" + "---|"*12]
+             "signed-rank p (gap) | gender | race | age MAE | ceiling mean rank (chance) |", "|" + "---|"*13]
     for r in rows:
         c, ce, fi = r["control"], r.get("ceiling"), r.get("fidelity")
         for m in methods:
@@ -157,7 +172,8 @@ def defence_table_markdown(rows:Sequence[dict], # `defence_sweep` rows
             a = r[m]
             lines.append(f"| `{r['spec']}` | {fmt(r.get('epsilon'))} | {fmt(fi['cosine']) if fi else '–'} | {m} | "
                          f"{a['own_gt_other']}/{a['users']} | {fmt(a['similarity_gap'])} | {fmt(c['similarity_gap'])} | "
-                         f"{fmt(a['paired']['similarity_gap']['p_value'])} | {fmt(a['gender_acc'])} | "
+                         f"{fmt(a['paired']['similarity_gap']['p_value'])} | "
+                         f"{fmt(a['paired'].get('similarity_gap_signed_rank', {}).get('p_value'))} | {fmt(a['gender_acc'])} | "
                          f"{fmt(a['race_acc'])} | {fmt(a['age_mae'])} | "
                          + (f"{ce['mean_rank']} ({ce['chance_rank']})" if ce else "–") + " |")
     return "\n".join(lines) + "\n"
@@ -188,6 +204,8 @@ def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
             for x, s in pts:
                 if s["paired"]["similarity_gap"]["p_value"] < 0.05: a.plot(x, s["similarity_gap"], "*", color=f"C{k}",
                                                                            mec="k", ms=11)
+                if s["paired"].get("similarity_gap_signed_rank", {}).get("p_value", 1) < 0.05:
+                    a.plot(x, s["similarity_gap"], "o", mfc="none", mec=f"C{k}", ms=13)
         a.plot(xs, [r["control"]["similarity_gap"] for r in ladder], "k--", label="prior-only control")
         a.set_xticks(xs, labels); a.set_title(f"{kind} ({_STRENGTH[kind]})", fontsize=9)
         a.set_ylabel("similarity gap (own − other)" if j == 0 else ""); a.axhline(0, color="0.8", lw=0.8)
@@ -199,7 +217,7 @@ def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
             b.set_xticks(xs, labels); b.set_ylabel("signal ceiling: mean rank" if j == 0 else "")
             if j == 0: b.legend(fontsize=7)
     fig.suptitle("the leak against defence strength, users " + _span(rows[0]["users"]) +
-                 " (★: the arm above its control, paired sign test p < 0.05)", fontsize=9)
+                 " (★: the arm above its control, paired sign test p < 0.05; ○: signed-rank test p < 0.05)", fontsize=9)
     fig.tight_layout(); return fig
 
 # %% ../nbs/05_defence_study.ipynb #61be2c2d
