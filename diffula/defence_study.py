@@ -209,13 +209,16 @@ def fig_defences(rows:Sequence[dict], # `defence_sweep` rows
         a.plot(xs, [r["control"]["similarity_gap"] for r in ladder], "k--", label="prior-only control")
         a.set_xticks(xs, labels); a.set_title(f"{kind} ({_STRENGTH[kind]})", fontsize=9)
         a.set_ylabel("similarity gap (own − other)" if j == 0 else ""); a.axhline(0, color="0.8", lw=0.8)
-        if j == 0: a.legend(fontsize=7)
         if ceil:
             b = ax[1, j]
             b.plot(xs, [r.get("ceiling", {}).get("mean_rank", np.nan) for r in ladder], "s-", color="C1")
             b.axhline(ladder[0].get("ceiling", {}).get("chance_rank", np.nan), color="k", ls=":", label="chance")
             b.set_xticks(xs, labels); b.set_ylabel("signal ceiling: mean rank" if j == 0 else "")
             if j == 0: b.legend(fontsize=7)
+    legend = {}                                                  # every arm once, wherever it was drawn
+    for a in ax[0]:
+        for h, l in zip(*a.get_legend_handles_labels()): legend.setdefault(l, h)
+    ax[0, 0].legend(list(legend.values()), list(legend), fontsize=7)
     fig.suptitle("the leak against defence strength, users " + _span(rows[0]["users"]) +
                  " (★: the arm above its control, paired sign test p < 0.05; ○: signed-rank test p < 0.05)", fontsize=9)
     fig.tight_layout(); return fig
