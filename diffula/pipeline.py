@@ -32,7 +32,7 @@ from .deepface_backend import DeepFaceEvaluator
 # %% auto #0
 __all__ = ['METHODS', 'PREPARE', 'ENSEMBLE', 'SCHEMA', 'register_method', 'diffula_config', 'case_prior', 'run_diffula',
            'run_diffula_ensemble', 'run_control', 'case_generator', 'run_ig', 'run_gias', 'dps_config', 'run_dps',
-           'run_dps_control', 'other_user_index', 'load_users', 'co_users', 'make_evaluator', 'CaseRun',
+           'run_dps_control', 'other_user_index', 'source_users', 'load_users', 'co_users', 'make_evaluator', 'CaseRun',
            'client_update', 'run_case', 'load_result', 'run_cases', 'run_arms', 'reference_rows', 'leak_summary',
            'table1', 'attributes_right', 'attribute_score', 'sign_test', 'paired_summary']
 
@@ -160,15 +160,20 @@ def other_user_index(case:Case, n_available:int|None=None)->int:
         if k == case.user: k = (k + 1) % n_available
     return k
 
+def source_users(case:Case, # a case on CelebA or a user folder (`celeba:PATH`, `folder:PATH`)
+                 n_users:int, # how many of the source's users, in its order
+                )->list[User]:
+    "The first `n_users` users of the case's CelebA or folder source with at least B images, each cut to its first B."
+    kind, _, path = case.data.partition(":")
+    load = celeba_users if kind == "celeba" else folder_users
+    return load(path, min_images=case.batch_size, n_users=n_users, max_images=case.batch_size, size=case.image_size)
+
 def load_users(case:Case)->tuple[User, User]:
     "The case's user (its first `batch_size` images) and a random other user, from the case's data source."
-    kind, _, path = case.data.partition(":")
-    if kind == "synthfaces":
+    if case.data.partition(":")[0] == "synthfaces":
         one = lambda i: synthfaces_user(i, case.batch_size, case.stream_seed, case.image_size, case.task_label)
         return one(case.user), one(other_user_index(case))          # the two users alone, whatever their index
-    load = celeba_users if kind == "celeba" else folder_users
-    users = load(path, min_images=case.batch_size, n_users=case.user + 11, max_images=case.batch_size,
-                 size=case.image_size)
+    users = source_users(case, case.user + 11)
     if len(users) <= case.user:
         raise ValueError(f"{case.data}: only {len(users)} users have at least {case.batch_size} images; "
                          f"user {case.user} does not exist")
@@ -184,10 +189,7 @@ def co_users(case:Case)->list[tuple]:
     if case.data == "synthfaces":
         return round_mates(case.user, U - 1, case.batch_size, case.stream_seed, case.image_size, case.task_label,
                            draw=case.seed)
-    kind, _, path = case.data.partition(":")
-    load = celeba_users if kind == "celeba" else folder_users
-    users = load(path, min_images=case.batch_size, n_users=case.user + 11 + 4*U, max_images=case.batch_size,
-                 size=case.image_size)
+    users = source_users(case, case.user + 11 + 4*U)
     taken = {case.user, other_user_index(case, len(users))}
     pool = [k for k in range(len(users)) if k not in taken]
     if len(pool) < U - 1:
